@@ -1,0 +1,13 @@
+"""Errors a user can act on: scripts print their message alone and exit non-zero."""
+
+
+class LsdcError(Exception):
+    """Bad input or configuration; the message names the file, study or key at fault."""
+
+
+class ConfigError(LsdcError):
+    """An unknown config key or a value of the wrong type."""
+
+
+class DataError(LsdcError):
+    """A data file is missing, malformed or inconsistent."""

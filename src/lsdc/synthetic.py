@@ -332,11 +332,16 @@ def paint_study(a: Anatomy, vox: float) -> Volume:
         z = a.disc_z[li]
         f = a.frame(z)
         for side in SIDES:
+            s = SIDE_SIGN[side]
             sev = a.severity[(schema.condition_for("subarticular", side), level)]
             k = SEVERITY_FACTOR[sev]
             rc = a.recess_point(li, side)
             paint_ellipsoid(vol, rc, f, (4.0, 3.6, 6.0), LIGAMENT)
-            paint_ellipsoid(vol, rc - SIDE_SIGN[side] * (1 - k) * 2.0 * f[0], f, (3.6 * k, 3.2 * k, 5.5), CSF)
+            paint_ellipsoid(vol, rc - s * (1 - k) * 2.0 * f[0], f, (3.6 * k, 3.2 * k, 5.5), CSF)
+            if sev:  # the hypertrophic facet and ligament push into that side of the sac
+                grow = 1.0 - k
+                paint_ellipsoid(vol, rc + s * 2.0 * f[0] + 2.0 * f[1], f, (2.0 + 5.0 * grow, 2.0 + 4.0 * grow, 6.0),
+                                LIGAMENT)
     return vol
 
 

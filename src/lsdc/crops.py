@@ -1,0 +1,334 @@
+"""ROI crops: one image per (study, condition, level), centred on its point, of a fixed size in mm.
+
+The very same :func:`crop_roi` makes the training crops (from annotated coordinates) and the test
+crops (from localised points), so a model never sees a crop made differently at inference.
+A crop has ``n_slices`` channels: the slice the point lies on and its neighbours along the slice
+normal. Neighbours are found through patient space (the point is projected onto each neighbour), so
+slices of other shapes or oblique blocks in the same series are handled.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from lsdc import schema
+from lsdc.dicom import Series, load_series
+from lsdc.errors import DataError
+from lsdc.geometry import patient_to_pixel
+from lsdc.io import atomic_path, write_csv
+
+log = logging.getLogger(__name__)
+
+INDEX_CSV = "index.csv"
+ERRORS_CSV = "errors.csv"
+CONTACT_SHEET = "contact_sheet.png"
+INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instance_number", "x", "y", "path")
+
+
+@dataclass
+class CropConfig:
+    """How ROI crops are cut; training and inference share it (it is saved with every model)."""
+
+    size: int = 224                  # output side in pixels (bilinear resampling)
+    n_slices: int = 3                # channels: the slice and its neighbours (1, 3 or 5)
+    spinal_mm: float = 48.0          # physical side of the crop per condition group
+    foraminal_mm: float = 40.0
+    subarticular_mm: float = 44.0
+    low_pct: float = 1.0             # robust intensity window per series
+    high_pct: float = 99.5
+    workers: int = 2
+    contact_per_cell: int = 4        # crops per condition x severity on the contact sheet
+
+    def mm(self, condition: str) -> float:
+        return float(getattr(self, f"{schema.CONDITION_INFO[condition].group}_mm"))
+
+    @property
+    def dirname(self) -> str:
+        """Crops of different settings live side by side (e.g. smoke 64 px and paper 224 px)."""
+        return f"crops_{self.size}px_{self.n_slices}sl"
+
+    def check(self) -> None:
+        from lsdc.errors import ConfigError
+
+        if self.n_slices not in (1, 3, 5):
+            raise ConfigError(f"config key 'crops.n_slices' must be 1, 3 or 5, got {self.n_slices}")
+        if self.size < 16:
+            raise ConfigError(f"config key 'crops.size' must be at least 16, got {self.size}")
+        if not 0 <= self.low_pct < self.high_pct <= 100:
+            raise ConfigError("config keys 'crops.low_pct' < 'crops.high_pct' must lie in [0, 100]")
+
+
+# ----------------------------------------------------------------------------- the crop itself
+
+
+def intensity_window(images: list[np.ndarray], low_pct: float, high_pct: float) -> tuple[float, float]:
+    """Robust (low, high) intensity of a series, from the whole slices that were read."""
+    values = np.concatenate([np.asarray(im, dtype=np.float32)[::2, ::2].ravel() for im in images])
+    lo, hi = np.percentile(values, [low_pct, high_pct])
+    return float(lo), float(max(hi, lo + 1e-3))
+
+
+def neighbour_indices(centre: int, n_slices: int, n_total: int) -> list[int]:
+    """Slice indices centre-k .. centre+k, repeating the edge slice where the series ends."""
+    k = n_slices // 2
+    return [min(max(centre + d, 0), n_total - 1) for d in range(-k, k + 1)]
+
+
+def resample_patch(image: np.ndarray, x: float, y: float, size_mm: float, spacing: tuple[float, float],
+                   out: int) -> np.ndarray:
+    """A square of ``size_mm`` centred on pixel (x, y), resampled bilinearly to ``out`` x ``out``.
+
+    Outside the image is 0. ``spacing`` is (row, column) mm per pixel of ``image``.
+    """
+    sx = size_mm / out / spacing[1]  # input pixels per output pixel, along x
+    sy = size_mm / out / spacing[0]
+    c = (out - 1) / 2
+    m = np.array([[sx, 0, x - c * sx], [0, sy, y - c * sy]], dtype=np.float64)
+    return cv2.warpAffine(np.ascontiguousarray(image, dtype=np.float32), m, (out, out),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def crop_roi(series: Series, index: int, x: float, y: float, size_mm: float, cfg: CropConfig,
+             window: tuple[float, float]) -> np.ndarray:
+    """The ROI crop of a point: uint8 (size, size, n_slices), slice ``index`` in the middle channel.
+
+    (x, y) is the point's pixel on slice ``index``; each neighbour gets the same patient point projected
+    onto its own plane.
+    """
+    point = series.pixel_to_patient(index, x, y)
+    lo, hi = window
+    channels = []
+    for j in neighbour_indices(index, cfg.n_slices, len(series)):
+        g = series.slices[j].geometry
+        if j == index:
+            xj, yj = x, y
+        else:
+            px, py, _ = patient_to_pixel(g, point)
+            xj, yj = float(px), float(py)
+        patch = resample_patch(series.image(j), xj, yj, size_mm, g.spacing, cfg.size)
+        channels.append(np.clip((patch - lo) / (hi - lo) * 255.0, 0, 255))
+    return np.round(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+def save_crop(path: Path, crop: np.ndarray) -> None:
+    """PNG, atomically: grey for 1 slice, 3 channels for 3, a horizontal strip for 5."""
+    h, w, n = crop.shape
+    img = crop[..., 0] if n == 1 else crop if n == 3 else crop.transpose(0, 2, 1).reshape(h, n * w)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), img):
+            raise DataError(f"could not write {path}")
+
+
+def load_crop(path: str | Path, n_slices: int) -> np.ndarray:
+    """Inverse of :func:`save_crop`: uint8 (size, size, n_slices)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"crop {path} is missing or not a readable PNG")
+    if n_slices == 1:
+        return img[..., None] if img.ndim == 2 else img[..., :1]
+    if n_slices == 3:
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise DataError(f"crop {path} does not have 3 channels")
+        return img
+    h, w5 = img.shape[:2]
+    return img.reshape(h, n_slices, w5 // n_slices).transpose(0, 2, 1)
+
+
+def _valid(path: Path, cfg: CropConfig) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        return load_crop(path, cfg.n_slices).shape == (cfg.size, cfg.size, cfg.n_slices)
+    except (DataError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- one study
+
+
+@dataclass
+class CropRequest:
+    """A point to crop: which series/instance and the pixel on it."""
+
+    condition: str
+    level: str
+    series_id: int
+    instance_number: int
+    x: float
+    y: float
+    label: str = ""
+
+
+def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, out_dir: Path | None,
+               skip_existing: bool = True) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+    """Crop every request of one study, reading each series once and only the slices needed.
+
+    Returns index rows (with the PNG path when ``out_dir`` is given) and, when it is not, the crops
+    in memory keyed by (condition, level). A request that fails (missing series, unknown instance)
+    is logged with the study and skipped.
+    """
+    rows: list[dict[str, Any]] = []
+    arrays: dict[tuple[str, str], np.ndarray] = {}
+    study_id = int(study_dir.name)
+    by_series: dict[int, list[CropRequest]] = {}
+    for r in requests:
+        by_series.setdefault(int(r.series_id), []).append(r)
+    for series_id, reqs in by_series.items():
+        todo = []
+        for r in reqs:
+            path = None if out_dir is None else out_dir / str(study_id) / crop_name(r.condition, r.level)
+            if path is not None and skip_existing and _valid(path, cfg):
+                rows.append(_row(study_id, r, path))
+            else:
+                todo.append((r, path))
+        if not todo:
+            continue
+        try:
+            series = load_series(study_dir / str(series_id), study_id=study_id, series_id=series_id)
+            located = [(r, path, series.index_of_instance(r.instance_number)) for r, path in todo]
+            needed = sorted({j for _, _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))})
+            window = intensity_window(series.images(needed), cfg.low_pct, cfg.high_pct)
+        except DataError as exc:
+            log.warning("study %s: skipping %d crop(s) of series %s: %s", study_id, len(todo), series_id, exc)
+            continue
+        for r, path, i in located:
+            crop = crop_roi(series, i, r.x, r.y, cfg.mm(r.condition), cfg, window)
+            if path is None:
+                arrays[(r.condition, r.level)] = crop
+            else:
+                save_crop(path, crop)
+                rows.append(_row(study_id, r, path))
+        series.clear_cache()
+    return rows, arrays
+
+
+def crop_name(condition: str, level: str) -> str:
+    return f"{schema.label_column(condition, level)}.png"
+
+
+def _row(study_id: int, r: CropRequest, path: Path | None) -> dict[str, Any]:
+    return {"study_id": study_id, "condition": r.condition, "level": r.level, "label": r.label,
+            "series_id": int(r.series_id), "instance_number": int(r.instance_number), "x": r.x, "y": r.y,
+            "path": "" if path is None else str(path)}
+
+
+def _study_task(args: tuple[Path, list[CropRequest], CropConfig, Path]) -> tuple[int, list[dict], str | None]:
+    study_dir, requests, cfg, out_dir = args
+    try:
+        rows, _ = crop_study(study_dir, requests, cfg, out_dir)
+        return int(study_dir.name), rows, None
+    except Exception as exc:  # one bad study never stops the run
+        return int(study_dir.name), [], f"{type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------- the training set
+
+
+def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
+    """Labeled (study, condition, level) cells that have a coordinate, grouped by study."""
+    from lsdc.folds import load_train_labels
+
+    train = load_train_labels(data_dir).set_index("study_id")
+    path = data_dir / schema.COORDS_CSV
+    if not path.is_file():
+        raise DataError(f"{path} not found")
+    coords = pd.read_csv(path)
+    missing = [c for c in schema.COORD_COLUMNS if c not in coords.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}")
+    unknown = set(coords.condition) - set(schema.CONDITIONS)
+    if unknown:
+        raise DataError(f"{path}: unknown condition {sorted(unknown)[0]!r}")
+    out: dict[int, list[CropRequest]] = {}
+    # One point per cell: the first row (real data has a few duplicates).
+    coords = coords.drop_duplicates(subset=["study_id", "condition", "level"], keep="first")
+    for r in coords.itertuples(index=False):
+        if r.study_id not in train.index:
+            log.warning("%s: study %s has coordinates but no train.csv row; skipped", path.name, r.study_id)
+            continue
+        label = train.at[r.study_id, schema.label_column(r.condition, r.level)]
+        if pd.isna(label):
+            continue
+        out.setdefault(int(r.study_id), []).append(
+            CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y),
+                        str(label)))
+    return out
+
+
+def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, progress: bool = True) -> Path:
+    """Write the training crops, their index and a contact sheet; returns the crops folder.
+
+    Studies run in parallel; crops already written and valid are kept (a rerun resumes); a study that
+    fails is reported in ``errors.csv`` and the log, and the run goes on.
+    """
+    cfg.check()
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    crops_dir = output_dir / cfg.dirname
+    requests = training_requests(data_dir)
+    images = data_dir / schema.TRAIN_IMAGES
+    tasks = [(images / str(sid), reqs, cfg, crops_dir) for sid, reqs in sorted(requests.items())]
+    log.info("cropping %d cells of %d studies into %s", sum(len(t[1]) for t in tasks), len(tasks), crops_dir)
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    if cfg.workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+            results = _bar(pool.map(_study_task, tasks, chunksize=1), len(tasks), progress)
+            collected = list(results)
+    else:
+        collected = list(_bar(map(_study_task, tasks), len(tasks), progress))
+    for study_id, study_rows, err in collected:
+        rows.extend(study_rows)
+        if err:
+            log.warning("study %s failed and was skipped: %s", study_id, err)
+            errors.append({"study_id": study_id, "error": err})
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    index["path"] = [str(Path(p).relative_to(crops_dir)) if p else "" for p in index.path]
+    write_csv(index, crops_dir / INDEX_CSV)
+    write_csv(pd.DataFrame(errors, columns=["study_id", "error"]), crops_dir / ERRORS_CSV)
+    n_cells = sum(len(r) for r in requests.values())
+    log.info("%d crops written or kept (%d requested); %d studies failed", len(index), n_cells, len(errors))
+    if len(index):
+        contact_sheet(index, crops_dir, cfg)
+    return crops_dir
+
+
+def _bar(it: Any, total: int, enabled: bool) -> Any:
+    if not enabled:
+        return it
+    from lsdc.cli import progress
+
+    return progress(it, total=total, desc="crops", unit="study")
+
+
+def contact_sheet(index: pd.DataFrame, crops_dir: Path, cfg: CropConfig, tile: int = 96) -> Path:
+    """A PNG grid of sample crops: one row per condition, columns grouped by severity (middle slice)."""
+    per = cfg.contact_per_cell
+    label_w = 150
+    sheet = np.full((len(schema.CONDITIONS) * (tile + 4) + 24, label_w + 3 * per * (tile + 2) + 3 * 8, 3),
+                    32, np.uint8)
+    for si, sev in enumerate(schema.SEVERITIES):
+        x0 = label_w + si * (per * (tile + 2) + 8)
+        cv2.putText(sheet, sev, (x0, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    for ci, cond in enumerate(schema.CONDITIONS):
+        y0 = 24 + ci * (tile + 4)
+        cv2.putText(sheet, cond.replace("Neural Foraminal", "Foraminal"), (4, y0 + tile // 2),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
+        for si, sev in enumerate(schema.SEVERITIES):
+            sel = index[(index.condition == cond) & (index.label == sev)].head(per)
+            for k, rel in enumerate(sel.path):
+                crop = load_crop(crops_dir / rel, cfg.n_slices)[..., cfg.n_slices // 2]
+                x0 = label_w + si * (per * (tile + 2) + 8) + k * (tile + 2)
+                sheet[y0:y0 + tile, x0:x0 + tile] = cv2.resize(crop, (tile, tile))[..., None]
+    path = crops_dir / CONTACT_SHEET
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), sheet)
+    return path

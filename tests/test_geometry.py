@@ -40,3 +40,10 @@ def test_nearest_slice():
     i, x, y, dist = nearest_slice(geoms, np.array([2.0, 3.0, 5.1]))
     assert (i, x, y) == (1, pytest.approx(2.0), pytest.approx(3.0))
     assert dist == pytest.approx(1.1)
+
+
+def test_nearest_slice_prefers_slices_the_point_falls_inside():
+    near_but_outside = SliceGeometry((100.0, 100.0, 5.0), AX, (1.0, 1.0), 10, 10)   # plane 0.5 mm away
+    inside = SliceGeometry((0.0, 0.0, 3.0), AX, (1.0, 1.0), 10, 10)                 # plane 1.5 mm away
+    i, x, y, dist = nearest_slice([near_but_outside, inside], np.array([2.0, 3.0, 4.5]))
+    assert (i, x, y, dist) == (1, pytest.approx(2.0), pytest.approx(3.0), pytest.approx(1.5))

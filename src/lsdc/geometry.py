@@ -76,19 +76,21 @@ def slice_positions(geoms: list[SliceGeometry], normal: np.ndarray | None = None
 def nearest_slice(geoms: list[SliceGeometry], point: np.ndarray) -> tuple[int, float, float, float]:
     """The slice of a series nearest to a patient point, and the point's pixel on it.
 
-    Works for oblique and non-parallel blocks because each slice's own plane is used.
-    Returns (index into ``geoms``, x, y, |distance| in mm).
+    Each slice's own plane is used, so oblique and non-parallel blocks work; among slices the point
+    projects inside of, the nearest wins (crossing oblique planes can pass close to a point far outside
+    their field of view), else the nearest of all. Returns (index, x, y, |distance| in mm).
     """
     if not geoms:
         raise ValueError("nearest_slice needs at least one slice")
     best = None
     for i, g in enumerate(geoms):
         x, y, dist = patient_to_pixel(g, point)
-        cand = (abs(float(dist)), i, float(x), float(y))
-        if best is None or cand[0] < best[0]:
+        x, y = float(x), float(y)
+        cand = (not inside_image(g, x, y), abs(float(dist)), i, x, y)
+        if best is None or cand[:2] < best[:2]:
             best = cand
     assert best is not None
-    return best[1], best[2], best[3], best[0]
+    return best[2], best[3], best[4], best[1]
 
 
 def inside_image(g: SliceGeometry, x: float, y: float, margin: float = 0.0) -> bool:

@@ -18,3 +18,22 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "rsna"
     generate(out, SMALL, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Synthetic data (36 train, 6 test), smoke crops and 2 folds, and one smoke-trained attention model."""
+    from lsdc import config
+    from lsdc.crops import prepare
+    from lsdc.folds import prepare_folds
+    from lsdc.train import ExperimentConfig, run
+
+    root = tmp_path_factory.mktemp("smoke")
+    data = root / "data"
+    generate(data, SyntheticConfig(train_studies=36, test_studies=6, seed=2024, workers=2), progress=False)
+    out = root / "outputs"
+    cfg = config.load(ExperimentConfig, Path(__file__).parents[1] / "configs" / "smoke.yaml")
+    prepare_folds(data, out, cfg.folds.n_folds, cfg.folds.seed)
+    prepare(data, out, cfg.crops, progress=False)
+    summary = run(cfg, data, out)
+    return {"data": data, "out": out, "cfg": cfg, "summary": summary}

@@ -16,7 +16,10 @@ from lsdc import schema
 from lsdc.errors import DataError
 from lsdc.io import write_csv
 
-FOLDS_CSV = "folds.csv"
+
+def folds_csv(n_folds: int) -> str:
+    """One file per fold count, so a 2-fold smoke run never reshuffles a 5-fold experiment."""
+    return f"folds_{n_folds}.csv"
 
 
 def load_train_labels(data_dir: str | Path) -> pd.DataFrame:
@@ -60,18 +63,18 @@ def make_folds(train: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Data
 
 def prepare_folds(data_dir: str | Path, output_dir: str | Path, n_folds: int = 5, seed: int = 42) -> Path:
     """Write ``output_dir/folds.csv`` unless it exists for the same studies and fold count."""
-    out = Path(output_dir) / FOLDS_CSV
+    out = Path(output_dir) / folds_csv(n_folds)
     train = load_train_labels(data_dir)
     if out.is_file():
         old = pd.read_csv(out)
-        if set(old.study_id) == set(train.study_id) and old.fold.nunique() == n_folds:
+        if set(old.study_id) == set(train.study_id):
             return out
     write_csv(make_folds(train, n_folds, seed), out)
     return out
 
 
-def load_folds(output_dir: str | Path) -> pd.DataFrame:
-    path = Path(output_dir) / FOLDS_CSV
+def load_folds(output_dir: str | Path, n_folds: int) -> pd.DataFrame:
+    path = Path(output_dir) / folds_csv(n_folds)
     if not path.is_file():
         raise DataError(f"{path} not found: run scripts/01_prepare_crops.py first")
     return pd.read_csv(path)

@@ -1,0 +1,169 @@
+"""Training: label handling, losses, and a smoke training that must beat the class prior."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lsdc import schema
+from lsdc.crops import save_crop
+from lsdc.train import (
+    COND_INDEX,
+    CropDataset,
+    TrainConfig,
+    lr_flip_condition,
+    paper_metrics,
+    run,
+    select_logits,
+    weighted_ce,
+)
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_lr_flip_swaps_only_subarticular_sides():
+    left, right = (COND_INDEX[schema.condition_for("subarticular", s)] for s in ("left", "right"))
+    assert lr_flip_condition(left) == right and lr_flip_condition(right) == left
+    for group, side in (("spinal", None), ("foraminal", "left"), ("foraminal", "right")):
+        c = COND_INDEX[schema.condition_for(group, side)]
+        assert lr_flip_condition(c) == c
+
+
+def _asymmetric_table(tmp_path: Path) -> pd.DataFrame:
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, :8] = 255                       # bright on the image's left only
+    rows = []
+    for cond in schema.CONDITIONS:
+        p = tmp_path / f"{schema.CONDITION_INFO[cond].slug}.png"
+        save_crop(p, img)
+        rows.append({"path": str(p), "cond": COND_INDEX[cond], "target": 2})
+    return pd.DataFrame(rows)
+
+
+def test_left_right_labels_follow_the_image(tmp_path):
+    table = _asymmetric_table(tmp_path)
+    flip_all = TrainConfig(augment=True, scale=(1.0, 1.0), translate_px=0, rotate_deg=0.0, vflip=0.0, lr_flip=1.0)
+    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), flip_all, size=32)
+    for i, cond in enumerate(schema.CONDITIONS):
+        x, c, y = ds[i]
+        flipped = x[0, :, -1].mean() > x[0, :, 0].mean()
+        if schema.CONDITION_INFO[cond].group == "subarticular":
+            assert flipped and c == lr_flip_condition(COND_INDEX[cond]) != COND_INDEX[cond]
+        else:  # sagittal crops: never flipped left-right, label kept
+            assert not flipped and c == COND_INDEX[cond]
+        assert y == 2
+    no_flip = dataclasses.replace(flip_all, lr_flip=0.0, vflip=1.0)
+    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), no_flip, size=32)
+    for i, cond in enumerate(schema.CONDITIONS):  # vertical flips never touch left/right
+        x, c, _ = ds[i]
+        assert c == COND_INDEX[cond] and x[0, :, 0].mean() > x[0, :, -1].mean()
+
+
+def test_select_logits_and_weighted_ce():
+    logits = torch.arange(30.0).view(2, 15)
+    out = select_logits(logits, torch.tensor([0, 4]), 3)
+    assert out.tolist() == [[0.0, 1.0, 2.0], [27.0, 28.0, 29.0]]
+    z = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]))
+    loss = weighted_ce(z, torch.tensor([0, 2]), torch.tensor([1.0, 2.0, 4.0]))
+    expected = (1 * -math.log(0.5) + 4 * -math.log(0.6)) / 5
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_paper_metrics_match_sklearn():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    preds = pd.DataFrame({"condition": ["a"] * 4 + ["b"] * 4, "target": [0, 0, 1, 1, 0, 1, 1, 1],
+                          "severe": [0.1, 0.6, 0.7, 0.4, 0.2, 0.9, 0.3, 0.8]})
+    m = paper_metrics(preds)
+    assert m["overall"]["accuracy"] == pytest.approx(5 / 8)
+    assert m["overall"]["f1"] == pytest.approx(f1_score(preds.target, preds.severe >= 0.5))
+    assert m["per_condition"]["a"]["auc"] == pytest.approx(roc_auc_score([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.4]))
+
+
+def test_smoke_training_beats_the_prior(smoke_run):
+    s = smoke_run["summary"]
+    oof, prior = s["oof_score"]["score"], s["prior_score"]["score"]
+    assert oof < prior - 0.15, (oof, prior)
+    exp = smoke_run["out"] / smoke_run["cfg"].experiment
+    for fold in (0, 1):
+        for name in ("best.pt", "metrics.json", "epochs.csv", "val_preds.csv"):
+            assert (exp / f"fold{fold}" / name).is_file(), name
+        assert not (exp / f"fold{fold}" / "last.pt").exists()
+    sub = pd.read_csv(exp / "oof.csv")
+    assert tuple(sub.columns) == schema.SUBMISSION_COLUMNS
+    np.testing.assert_allclose(sub[list(schema.SEVERITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
+    # The score script agrees with the training summary, scoring against train.csv itself.
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_submission.py"),
+                          "--solution", str(smoke_run["data"] / schema.TRAIN_CSV), "--submission",
+                          str(exp / "oof.csv"), "--output-dir", str(smoke_run["out"])],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(res.stdout)["score"] == pytest.approx(oof, abs=1e-6)
+
+
+def test_checkpoint_holds_what_inference_needs(smoke_run):
+    from lsdc.train import load_checkpoint
+
+    exp = smoke_run["out"] / smoke_run["cfg"].experiment
+    model, meta = load_checkpoint(exp / "fold0" / "best.pt")
+    assert meta["classes"] == list(schema.SEVERITY_COLUMNS)
+    assert len(meta["mean"]) == len(meta["std"]) == smoke_run["cfg"].crops.n_slices
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 15)
+
+
+def test_interrupted_fold_resumes(smoke_run, monkeypatch):
+    import lsdc.train as train_mod
+
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="resume")
+    cfg.train = dataclasses.replace(cfg.train, epochs=3, patience=10, max_steps_per_epoch=2)
+    cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
+    real_predict, calls = train_mod.predict, {"n": 0}
+
+    def crash_on_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "predict", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, smoke_run["data"], smoke_run["out"])
+    fold_dir = smoke_run["out"] / cfg.experiment / "fold0"
+    assert (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "predict", real_predict)
+    run(cfg, smoke_run["data"], smoke_run["out"])
+    epochs = pd.read_csv(fold_dir / "epochs.csv")
+    assert epochs.epoch.tolist() == [1, 2, 3]          # resumed after epoch 1, not restarted
+    assert json.loads((fold_dir / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def test_other_settings_in_the_same_folder_are_refused(smoke_run):
+    from lsdc.errors import ConfigError
+
+    cfg = dataclasses.replace(smoke_run["cfg"])
+    cfg.train = dataclasses.replace(cfg.train, lr=0.5)
+    with pytest.raises(ConfigError, match="train.lr"):
+        run(cfg, smoke_run["data"], smoke_run["out"])
+
+
+def test_paper_task_on_smoke_crops(smoke_run):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    cfg = dataclasses.replace(smoke_run["cfg"])
+    cfg.train = dataclasses.replace(cfg.train, task="paper", split="holdout", epochs=2)
+    s = run(cfg, smoke_run["data"], smoke_run["out"])
+    preds = pd.read_csv(smoke_run["out"] / cfg.experiment / "oof_paper.csv")
+    assert set(preds.level) == {"L4/L5"} and "Moderate" not in set(preds.label)
+    o = s["paper_metrics"]["overall"]
+    assert o["accuracy"] == pytest.approx(accuracy_score(preds.target, preds.severe >= 0.5))
+    if preds.target.nunique() == 2:
+        assert o["auc"] == pytest.approx(roc_auc_score(preds.target, preds.severe))

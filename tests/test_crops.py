@@ -1,0 +1,111 @@
+"""ROI crops: centred on their point, fixed size in mm, neighbours through patient space, resumable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lsdc import schema
+from lsdc.crops import (
+    INDEX_CSV,
+    CropConfig,
+    crop_roi,
+    intensity_window,
+    load_crop,
+    neighbour_indices,
+    prepare,
+    save_crop,
+)
+from lsdc.dicom import load_series, write_slice
+from lsdc.geometry import SliceGeometry, patient_to_pixel
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _blob_series(tmp_path, point: np.ndarray):
+    """Three axial slices of different sizes/spacings/offsets, each with a bright blob at ``point``."""
+    specs = [((-60.0, -50.0, -4.0), 0.5, 240, 260), ((-70.0, -40.0, 0.0), 0.7, 200, 200),
+             ((-55.0, -45.0, 4.0), 0.6, 220, 230)]
+    for k, (ipp, ps, rows, cols) in enumerate(specs):
+        g = SliceGeometry(ipp, AXIAL, (ps, ps), rows, cols)
+        x, y, _ = patient_to_pixel(g, point)
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        img = 100 + 3000 * np.exp(-(((xx - x) * ps) ** 2 + ((yy - y) * ps) ** 2) / (2 * 1.5 ** 2))
+        write_slice(tmp_path / f"{k + 1}.dcm", img.astype(np.uint16), g, k + 1, schema.AXIAL_T2)
+    return load_series(tmp_path, study_id=1, series_id=2)
+
+
+def test_crop_is_centred_on_its_point_in_every_channel(tmp_path):
+    point = np.array([3.3, 7.9, 0.0])
+    series = _blob_series(tmp_path, point)
+    i, x, y, _ = series.project(point)
+    assert i == 1
+    cfg = CropConfig(size=65, n_slices=3)
+    crop = crop_roi(series, i, x, y, 30.0, cfg, intensity_window(series.images(range(3)), 1, 99.5))
+    assert crop.shape == (65, 65, 3) and crop.dtype == np.uint8
+    yy, xx = np.mgrid[0:65, 0:65]
+    for c in range(3):
+        w = np.clip(crop[..., c].astype(float) - np.median(crop[..., c]), 0, None)
+        r, q = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
+        assert abs(r - 32) < 0.5 and abs(q - 32) < 0.5, (c, r, q)
+
+
+def test_crop_has_a_fixed_physical_size(tmp_path):
+    point = np.array([0.0, 0.0, 0.0])
+    series = _blob_series(tmp_path, point)
+    i, x, y, _ = series.project(point)
+    window = intensity_window(series.images(range(3)), 1, 99.5)
+    small = crop_roi(series, i, x, y, 20.0, CropConfig(size=64, n_slices=1), window)[..., 0]
+    large = crop_roi(series, i, x, y, 40.0, CropConfig(size=64, n_slices=1), window)[..., 0]
+    # The blob (sigma 1.5 mm) covers twice as many pixels across in a crop half as wide in mm.
+    width = lambda im: (im[32] > im[32].max() / 2).sum()  # noqa: E731
+    assert width(small) == pytest.approx(2 * width(large), abs=2)
+
+
+def test_neighbours_repeat_the_edge():
+    assert neighbour_indices(0, 3, 10) == [0, 0, 1]
+    assert neighbour_indices(9, 5, 10) == [7, 8, 9, 9, 9]
+    assert neighbour_indices(4, 1, 10) == [4]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_png_roundtrip(tmp_path, n):
+    crop = np.random.default_rng(n).integers(0, 256, (24, 24, n), dtype=np.uint8)
+    save_crop(tmp_path / "c.png", crop)
+    np.testing.assert_array_equal(load_crop(tmp_path / "c.png", n), crop)
+
+
+def test_prepare_on_synthetic_data(synthetic_dir, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    synthetic_dir = data
+    cfg = CropConfig(size=48, n_slices=3, workers=1)
+    crops_dir = prepare(synthetic_dir, tmp_path, cfg, progress=False)
+    index = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
+    coords = pd.read_csv(synthetic_dir / schema.COORDS_CSV)
+    assert len(index) == len(coords.drop_duplicates(["study_id", "condition", "level"]))
+    assert set(index.label) <= set(schema.SEVERITIES)
+    first = crops_dir / index.path.iloc[0]
+    assert load_crop(first, 3).shape == (48, 48, 3)
+    assert (crops_dir / "contact_sheet.png").is_file()
+    # Spinal canal crops are centred in the CSF column: brighter centre than the crop on average (T2).
+    spinal = index[index.condition == "Spinal Canal Stenosis"].head(8)
+    centre = np.mean([load_crop(crops_dir / p, 3)[20:28, 20:28, 1].mean() for p in spinal.path])
+    overall = np.mean([load_crop(crops_dir / p, 3)[..., 1].mean() for p in spinal.path])
+    assert centre > overall
+    # A rerun keeps valid crops; a corrupt one is rewritten; a broken study is reported, not fatal.
+    mtime = first.stat().st_mtime_ns
+    (crops_dir / index.path.iloc[1]).write_bytes(b"not a png")
+    victim = index.study_id.iloc[-1]
+    for f in (synthetic_dir / schema.TRAIN_IMAGES / str(victim)).rglob("*.dcm"):
+        f.write_bytes(b"garbage")
+    shutil.rmtree(crops_dir / str(victim))
+    prepare(synthetic_dir, tmp_path, cfg, progress=False)
+    again = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
+    assert first.stat().st_mtime_ns == mtime
+    assert load_crop(crops_dir / index.path.iloc[1], 3).shape == (48, 48, 3)
+    assert len(again) == len(index) - (index.study_id == victim).sum() and victim not in set(again.study_id)
+    assert any(str(victim) in r.getMessage() for r in caplog.records)

@@ -169,12 +169,14 @@ class CropRequest:
 
 
 def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, out_dir: Path | None,
-               skip_existing: bool = True) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+               skip_existing: bool = True, series_cache: dict[int, Series] | None = None,
+               ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
     """Crop every request of one study, reading each series once and only the slices needed.
 
     Returns index rows (with the PNG path when ``out_dir`` is given) and, when it is not, the crops
     in memory keyed by (condition, level). A request that fails (missing series, unknown instance)
-    is logged with the study and skipped.
+    is logged with the study and skipped. ``series_cache`` holds series already loaded (at inference,
+    by the localiser), so their headers are not read twice.
     """
     rows: list[dict[str, Any]] = []
     arrays: dict[tuple[str, str], np.ndarray] = {}
@@ -193,7 +195,8 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
         if not todo:
             continue
         try:
-            series = load_series(study_dir / str(series_id), study_id=study_id, series_id=series_id)
+            series = (series_cache or {}).get(series_id) or load_series(
+                study_dir / str(series_id), study_id=study_id, series_id=series_id)
             located = [(r, path, series.index_of_instance(r.instance_number)) for r, path in todo]
             needed = sorted({j for _, _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))})
             window = intensity_window(series.images(needed), cfg.low_pct, cfg.high_pct)
@@ -207,7 +210,8 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
             else:
                 save_crop(path, crop)
                 rows.append(_row(study_id, r, path))
-        series.clear_cache()
+        if series_cache is None:
+            series.clear_cache()
     return rows, arrays
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 N_COND = len(schema.CONDITIONS)
 COND_INDEX = {c: i for i, c in enumerate(schema.CONDITIONS)}
 PAPER_CLASSES = ("normal_mild", "severe")
+PRIOR_JSON = "prior.json"   # the training prior beside each experiment: inference falls back to it
 
 
 @dataclass
@@ -458,8 +459,9 @@ def run(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path) -> 
                                "train_seconds": sum(m["train_seconds"] for m in fold_metrics),
                                "wall_seconds_this_run": time.perf_counter() - t0,
                                "params": fold_metrics[0]["params"], "fold_metrics": fold_metrics}
+    train = load_train_labels(data_dir)
+    write_json(exp_dir / PRIOR_JSON, {g: v.tolist() for g, v in prior_probabilities(train).items()})
     if cfg.train.task == "competition":
-        train = load_train_labels(data_dir)
         studies = set(folds[folds.fold.isin(selected)].study_id)
         oof, n_prior = assemble_oof(preds, train, studies)
         write_csv(oof, exp_dir / "oof.csv")

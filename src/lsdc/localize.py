@@ -1,0 +1,458 @@
+"""Test-time localisation: where each (condition, level) sits when no coordinates are given.
+
+Two stages, trained from train_label_coordinates.csv with the shared folds:
+1. A small heatmap CNN finds the five spinal-canal level points on the mid-sagittal slice (Sagittal
+   T2/STIR, or Sagittal T1 when T2 is missing: it is trained on both, with the canal points projected
+   onto each series through the DICOM geometry).
+2. Foramen and subarticular points are the canal point of the level plus an offset learned in patient
+   space (mean over training studies, per condition and level), projected into the Sagittal T1 series and
+   into every Axial T2 series: the nearest slice whose image contains the point, within a tolerance.
+
+The output is a list of :class:`lsdc.crops.CropRequest`, cropped by the very code that made the
+training crops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lsdc import config as config_mod
+from lsdc import schema
+from lsdc.crops import CropRequest
+from lsdc.dicom import Series, load_series
+from lsdc.errors import DataError
+from lsdc.geometry import patient_to_pixel, pixel_to_patient
+from lsdc.io import atomic_path, write_csv, write_json
+from lsdc.train import FoldConfig
+
+log = logging.getLogger(__name__)
+SPINAL = schema.condition_for("spinal")
+N_LEVELS = len(schema.LEVELS)
+
+
+@dataclass
+class LocalizerConfig:
+    image_size: int = 256          # the sagittal slice is resized to this square
+    width: int = 16                # base channels of the heatmap network
+    sigma: float = 1.5             # target Gaussian, in heatmap pixels (stride 4)
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 2e-3
+    augment: bool = True
+    axial_tolerance_mm: float = 12.0   # farther than this from every axial slice: no subarticular crop
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class LocalizerExperiment:
+    """The localiser's config file: its folder name, the shared folds and its own settings."""
+
+    name: str = "localizer"
+    folds: FoldConfig = field(default_factory=FoldConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class KeypointNet(nn.Module):
+    """A small U-Net: (B, C, S, S) slices -> (B, K, S/4, S/4) heatmap logits, one channel per level."""
+
+    def __init__(self, in_chans: int = 3, n_points: int = N_LEVELS, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.e1 = ConvBlock(in_chans, w, 2)        # S/2
+        self.e2 = ConvBlock(w, 2 * w, 2)           # S/4
+        self.e3 = ConvBlock(2 * w, 4 * w, 2)       # S/8
+        self.e4 = ConvBlock(4 * w, 8 * w, 2)       # S/16
+        self.d3 = ConvBlock(8 * w + 4 * w, 4 * w)
+        self.d2 = ConvBlock(4 * w + 2 * w, 2 * w)
+        self.head = nn.Conv2d(2 * w, n_points, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.e1(x)
+        e2 = self.e2(e1)
+        e3 = self.e3(e2)
+        e4 = self.e4(e3)
+        d3 = self.d3(torch.cat([nn.functional.interpolate(e4, size=e3.shape[-2:]), e3], 1))
+        d2 = self.d2(torch.cat([nn.functional.interpolate(d3, size=e2.shape[-2:]), e2], 1))
+        return self.head(d2)
+
+
+def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Cross-entropy between the spatial softmax of each channel and a Gaussian around its point.
+
+    ``points`` (B, K, 2) in heatmap pixels (x, y); ``valid`` (B, K) masks points that are not annotated.
+    """
+    b, k, h, w = logits.shape
+    ys = torch.arange(h, device=logits.device, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, device=logits.device, dtype=torch.float32)[None, :]
+    d2 = (xs - points[..., 0, None, None]) ** 2 + (ys - points[..., 1, None, None]) ** 2
+    target = torch.softmax((-d2 / (2 * sigma**2)).view(b, k, -1), dim=-1)
+    logp = torch.log_softmax(logits.float().view(b, k, -1), dim=-1)
+    per = -(target * logp).sum(-1)
+    return (per * valid).sum() / valid.sum().clamp_min(1)
+
+
+def decode(logits: torch.Tensor) -> np.ndarray:
+    """(B, K, h, w) heatmaps -> (B, K, 2) points (x, y) in heatmap pixels: softmax-weighted mean near the peak."""
+    b, k, h, w = logits.shape
+    prob = torch.softmax(logits.float().view(b, k, -1), -1).view(b, k, h, w).cpu().numpy()
+    out = np.zeros((b, k, 2))
+    for i in range(b):
+        for j in range(k):
+            p = prob[i, j]
+            y0, x0 = np.unravel_index(np.argmax(p), p.shape)
+            ya, yb, xa, xb = max(0, y0 - 2), min(h, y0 + 3), max(0, x0 - 2), min(w, x0 + 3)
+            win = p[ya:yb, xa:xb]
+            gy, gx = np.mgrid[ya:yb, xa:xb]
+            out[i, j] = ((gx * win).sum() / win.sum(), (gy * win).sum() / win.sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def middle_index(series: Series) -> int:
+    return len(series) // 2
+
+
+def slice_input(series: Series, index: int, size: int) -> np.ndarray:
+    """Slices index-1, index, index+1 of a sagittal series, windowed and resized: float32 (3, size, size)."""
+    from lsdc.crops import intensity_window, neighbour_indices
+
+    idx = neighbour_indices(index, 3, len(series))
+    images = series.images(sorted(set(idx)))
+    lo, hi = intensity_window(images, 1.0, 99.5)
+    chans = [cv2.resize(np.asarray(series.image(j), np.float32), (size, size), interpolation=cv2.INTER_AREA)
+             for j in idx]
+    return np.clip((np.stack(chans) - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def to_input_pixels(series: Series, index: int, points: np.ndarray, size: int) -> np.ndarray:
+    """Patient points (K, 3) -> (K, 2) pixels of the resized slice ``index``."""
+    g = series.slices[index].geometry
+    x, y, _ = patient_to_pixel(g, points)
+    return np.stack([x * size / g.cols, y * size / g.rows], -1)
+
+
+def from_input_pixels(series: Series, index: int, pts: np.ndarray, size: int) -> np.ndarray:
+    g = series.slices[index].geometry
+    return pixel_to_patient(g, pts[:, 0] * g.cols / size, pts[:, 1] * g.rows / size)
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+@dataclass
+class StudyPoints:
+    """Annotated patient-space points of one training study."""
+
+    study_id: int
+    canal: np.ndarray                                   # (5, 3), NaN where missing
+    points: dict[tuple[str, str], np.ndarray]           # (condition, level) -> (3,)
+    instances: dict[tuple[str, str], tuple[int, int]]   # (condition, level) -> (series_id, instance)
+
+
+def series_table(data_dir: Path, split: str) -> pd.DataFrame:
+    name = schema.TRAIN_SERIES_CSV if split == "train" else schema.TEST_SERIES_CSV
+    path = data_dir / name
+    if not path.is_file():
+        raise DataError(f"{path} not found")
+    df = pd.read_csv(path)
+    missing = [c for c in schema.SERIES_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}")
+    return df
+
+
+def annotated_points(data_dir: Path, study_ids: list[int]) -> dict[int, StudyPoints]:
+    """Patient coordinates of every annotated point of the given studies (headers only)."""
+    from lsdc.dicom import read_header
+
+    coords = pd.read_csv(data_dir / schema.COORDS_CSV)
+    coords = coords[coords.study_id.isin(study_ids)].drop_duplicates(["study_id", "condition", "level"])
+    out: dict[int, StudyPoints] = {}
+    for sid, rows in coords.groupby("study_id"):
+        sp = StudyPoints(int(sid), np.full((N_LEVELS, 3), np.nan), {}, {})
+        for r in rows.itertuples(index=False):
+            path = data_dir / schema.TRAIN_IMAGES / str(sid) / str(r.series_id) / f"{r.instance_number}.dcm"
+            try:
+                g = read_header(path).geometry
+            except DataError as exc:
+                log.warning("study %s: coordinate on unreadable %s skipped (%s)", sid, path.name, exc)
+                continue
+            p = pixel_to_patient(g, r.x, r.y)
+            sp.points[(r.condition, r.level)] = p
+            sp.instances[(r.condition, r.level)] = (int(r.series_id), int(r.instance_number))
+            if r.condition == SPINAL:
+                sp.canal[schema.LEVELS.index(r.level)] = p
+        out[int(sid)] = sp
+    return out
+
+
+def load_study_series(study_dir: Path, series: pd.DataFrame) -> dict[str, list[Series]]:
+    """Every readable series of a study by description; unreadable ones are logged and left out."""
+    out: dict[str, list[Series]] = {}
+    for r in series.itertuples(index=False):
+        try:
+            s = load_series(study_dir / str(r.series_id), study_id=int(r.study_id), series_id=int(r.series_id),
+                            description=r.series_description)
+        except DataError as exc:
+            log.warning("study %s: series %s (%s) unusable: %s", r.study_id, r.series_id, r.series_description, exc)
+            continue
+        out.setdefault(r.series_description, []).append(s)
+    return out
+
+
+def sagittal_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.DataFrame,
+                     size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(input, target pixels (5, 2), valid (5,)) from the middle T2 and T1 slice of each annotated study."""
+    samples = []
+    for sid, sp in points.items():
+        if np.isnan(sp.canal).all():
+            continue
+        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), series[series.study_id == sid])
+        for desc in (schema.SAG_T2, schema.SAG_T1):
+            for s in found.get(desc, [])[:1]:
+                i = middle_index(s)
+                valid = ~np.isnan(sp.canal).any(1)
+                pix = np.zeros((N_LEVELS, 2))
+                pix[valid] = to_input_pixels(s, i, sp.canal[valid], size)
+                valid &= (pix >= 0).all(1) & (pix < size).all(1)
+                samples.append((slice_input(s, i, size), pix, valid.astype(np.float32)))
+                s.clear_cache()
+    return samples
+
+
+def learn_offsets(points: dict[int, StudyPoints]) -> dict[str, list[float]]:
+    """Mean patient-space offset of every (condition, level) point from its level's canal point."""
+    acc: dict[tuple[str, str], list[np.ndarray]] = {}
+    for sp in points.values():
+        for (cond, level), p in sp.points.items():
+            c = sp.canal[schema.LEVELS.index(level)]
+            if cond != SPINAL and not np.isnan(c).any():
+                acc.setdefault((cond, level), []).append(p - c)
+    return {f"{c}|{lv}": np.median(v, axis=0).tolist() for (c, lv), v in acc.items()}
+
+
+def _augment(img: np.ndarray, pix: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    size = img.shape[-1]
+    ang = rng.uniform(-10, 10)
+    scale = rng.uniform(0.9, 1.1)
+    m = cv2.getRotationMatrix2D((size / 2, size / 2), ang, scale)
+    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * size
+    out = np.stack([cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR) for c in img])
+    out = np.clip(out * rng.uniform(0.85, 1.15) + rng.normal(0, 0.02, out.shape).astype(np.float32), 0, 1)
+    return out.astype(np.float32), pix @ m[:, :2].T + m[:, 2]
+
+
+def fit_keypoints(samples: list, cfg: LocalizerConfig, device: torch.device) -> KeypointNet:
+    """Train the heatmap network on (input, pixels, valid) samples."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = KeypointNet(3, N_LEVELS, cfg.width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    stride = 4
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(len(samples))
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [samples[i] for i in order[start:start + cfg.batch_size]]
+            xs, ps = [], []
+            for img, pix, _ in batch:
+                if cfg.augment:
+                    img, pix = _augment(img, pix, rng)
+                xs.append(img)
+                ps.append(pix / stride)
+            x = torch.from_numpy(np.stack(xs)).to(device)
+            p = torch.from_numpy(np.stack(ps)).float().to(device)
+            v = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
+            loss = heatmap_loss(model(x), p, v, cfg.sigma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+        sched.step()
+        if epoch == 0 or (epoch + 1) % 10 == 0:
+            log.info("localizer epoch %d: loss %.4f", epoch + 1, total / max(len(samples), 1))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- the localiser
+
+
+@dataclass
+class Localizer:
+    """Fold models (averaged) and learned offsets: everything needed to localise a new study."""
+
+    models: list[KeypointNet]
+    offsets: dict[str, list[float]]
+    cfg: LocalizerConfig
+
+    @torch.no_grad()
+    def canal_points(self, series: Series) -> np.ndarray:
+        """The five level points (5, 3) in patient space, found on the series' middle slice."""
+        i = middle_index(series)
+        x = torch.from_numpy(slice_input(series, i, self.cfg.image_size))[None]
+        logits = torch.stack([m(x) for m in self.models]).mean(0)
+        pix = decode(logits)[0] * 4
+        return from_input_pixels(series, i, pix, self.cfg.image_size)
+
+    def locate(self, found: dict[str, list[Series]]) -> tuple[list[CropRequest], dict[tuple[str, str], float]]:
+        """Crop requests for every (condition, level) that could be placed, and the distance in mm from
+        the chosen slice's plane (for diagnostics)."""
+        sag = found.get(schema.SAG_T2) or found.get(schema.SAG_T1)
+        if not sag:
+            return [], {}
+        canal = self.canal_points(sag[0])
+        requests, dists = [], {}
+        for cond in schema.CONDITIONS:
+            info = schema.CONDITION_INFO[cond]
+            targets = found.get(info.series, [])
+            if info.series == schema.SAG_T1 or info.series == schema.SAG_T2:
+                targets = targets[:1]
+            for li, level in enumerate(schema.LEVELS):
+                if cond == SPINAL:
+                    point = canal[li]
+                else:
+                    off = self.offsets.get(f"{cond}|{level}")
+                    if off is None:
+                        continue
+                    point = canal[li] + np.asarray(off)
+                best = None
+                for s in targets:
+                    idx, x, y, d = s.project(point)
+                    g = s.slices[idx].geometry
+                    inside = 0 <= x < g.cols and 0 <= y < g.rows
+                    if inside and (best is None or d < best[0]):
+                        best = (d, s, idx, x, y)
+                if best is None:
+                    continue
+                d, s, idx, x, y = best
+                if info.group == "subarticular" and d > self.cfg.axial_tolerance_mm:
+                    continue
+                requests.append(CropRequest(cond, level, int(s.series_id), s.slices[idx].instance_number, x, y))
+                dists[(cond, level)] = d
+        return requests, dists
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "localizer.pt") as tmp:
+            torch.save({"models": [m.state_dict() for m in self.models], "offsets": self.offsets,
+                        "config": config_mod.to_dict(self.cfg)}, tmp)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> Localizer:
+        path = Path(folder) / "localizer.pt"
+        if not path.is_file():
+            raise DataError(f"{path} not found: run scripts/03_train_localizer.py first")
+        payload = torch.load(path, map_location=device, weights_only=False)
+        cfg = config_mod.from_dict(LocalizerConfig, payload["config"])
+        models = []
+        for sd in payload["models"]:
+            m = KeypointNet(3, N_LEVELS, cfg.width)
+            m.load_state_dict(sd)
+            models.append(m.eval())
+        return cls(models, payload["offsets"], cfg)
+
+
+def localize_study(localizer: Localizer, study_dir: Path, series: pd.DataFrame
+                   ) -> tuple[list[CropRequest], dict[str, list[Series]]]:
+    """Read a study's series and place every condition/level it can."""
+    found = load_study_series(study_dir, series)
+    requests, _ = localizer.locate(found)
+    return requests, found
+
+
+# ----------------------------------------------------------------------------- train + evaluate
+
+
+def evaluate(localizer: Localizer, data_dir: Path, points: dict[int, StudyPoints],
+             series: pd.DataFrame) -> pd.DataFrame:
+    """Per annotated point: error in mm of the predicted point and whether the slice is right."""
+    rows = []
+    for sid, sp in points.items():
+        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), series[series.study_id == sid])
+        requests, _ = localizer.locate(found)
+        by_id = {int(s.series_id): s for lst in found.values() for s in lst}
+        for r in requests:
+            key = (r.condition, r.level)
+            if key not in sp.points:
+                continue
+            s = by_id[r.series_id]
+            pred = s.pixel_to_patient(s.index_of_instance(r.instance_number), r.x, r.y)
+            true_series, true_inst = sp.instances[key]
+            rows.append({"study_id": sid, "condition": r.condition, "level": r.level,
+                         "error_mm": float(np.linalg.norm(pred - sp.points[key])),
+                         "slice_correct": bool(r.series_id == true_series and r.instance_number == true_inst)})
+        for key in set(sp.points) - {(r.condition, r.level) for r in requests}:
+            rows.append({"study_id": sid, "condition": key[0], "level": key[1], "error_mm": np.nan,
+                         "slice_correct": False})
+    return pd.DataFrame(rows, columns=["study_id", "condition", "level", "error_mm", "slice_correct"])
+
+
+def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
+    """Fold models with out-of-fold localisation metrics; the saved localiser averages the fold models."""
+    from lsdc.folds import load_folds
+    from lsdc.train import resolve_device
+
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    cfg = exp.localizer
+    out = output_dir / exp.name
+    config_mod.save(exp, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    folds = load_folds(output_dir, exp.folds.n_folds)
+    series = series_table(data_dir, "train")
+    points = annotated_points(data_dir, folds.study_id.tolist())
+    if not points:
+        raise DataError(f"{data_dir / schema.COORDS_CSV} has no usable coordinates to train the localiser")
+    t0 = time.perf_counter()
+    models, evals = [], []
+    for fold in sorted(folds.fold.unique()):
+        train_ids = set(folds[folds.fold != fold].study_id)
+        tr = {s: p for s, p in points.items() if s in train_ids}
+        va = {s: p for s, p in points.items() if s not in train_ids}
+        samples = sagittal_samples(data_dir, tr, series, cfg.image_size)
+        log.info("localizer fold %d: %d training slices, %d held-out studies", fold, len(samples), len(va))
+        model = fit_keypoints(samples, cfg, device).cpu()
+        models.append(model)
+        fold_loc = Localizer([model], learn_offsets(tr), cfg)
+        ev = evaluate(fold_loc, data_dir, va, series)
+        evals.append(ev.assign(fold=int(fold)))
+    localizer = Localizer(models, learn_offsets(points), cfg)
+    localizer.save(out)
+    oof = pd.concat(evals, ignore_index=True)
+    write_csv(oof, out / "oof_points.csv")
+    metrics = {"train_seconds": time.perf_counter() - t0, "n_points": int(len(oof)),
+               "median_error_mm": float(oof.error_mm.median()), "per_condition": {}}
+    for cond, g in oof.groupby("condition"):
+        metrics["per_condition"][cond] = {
+            "median_error_mm": float(g.error_mm.median()), "mean_error_mm": float(g.error_mm.mean()),
+            "within_10mm": float((g.error_mm < 10).mean()), "slice_accuracy": float(g.slice_correct.mean()),
+            "located": float(g.error_mm.notna().mean())}
+    write_json(out / "metrics.json", metrics)
+    log.info("localizer OOF: median error %.1f mm; %s", metrics["median_error_mm"],
+             json.dumps({c: round(v["median_error_mm"], 1) for c, v in metrics["per_condition"].items()}))
+    return metrics
+

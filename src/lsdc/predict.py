@@ -1,0 +1,202 @@
+"""Inference on studies without coordinates: localise, crop, classify with every model and fold, blend.
+
+Everything comes from local folders (``weights_dir``: the outputs folder, or a Kaggle dataset made by
+``scripts/pack_kaggle.py``). A study that cannot be fully read still gets all of its rows: from the models
+that could run on the conditions that could be placed, and the training prior for the rest; the log names
+the study and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lsdc import schema
+from lsdc.crops import CropConfig, crop_study
+from lsdc.errors import DataError
+from lsdc.io import write_csv
+from lsdc.train import COND_INDEX, PRIOR_JSON, load_checkpoint, resolve_device, select_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    """Which trained pieces to use and how."""
+
+    localizer: str = "localizer"          # folder of the localiser under the weights dir
+    ensemble: str = "ensemble.json"       # blend spec from 04_ensemble.py; missing: the experiments equally
+    experiments: list[str] = field(default_factory=list)   # only these (default: the ensemble's models)
+    tta: bool = False                     # average with vertically flipped crops
+    device: str = "auto"
+    batch_size: int = 64
+
+
+@dataclass
+class ModelSet:
+    """One experiment's fold models and the crop settings they were trained on."""
+
+    name: str
+    models: list[torch.nn.Module]
+    crops: CropConfig
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def load_experiment(folder: Path, device: torch.device) -> ModelSet:
+    ckpts = sorted(folder.glob("fold*/best.pt"))
+    if not ckpts:
+        raise DataError(f"experiment {folder} has no fold*/best.pt checkpoint")
+    models, meta = [], None
+    for c in ckpts:
+        m, meta = load_checkpoint(c, device)
+        models.append(m)
+    assert meta is not None
+    cfg = meta["experiment_config"]
+    if cfg.n_classes != 3:
+        raise DataError(f"experiment {folder} was trained on the paper task; only competition models predict")
+    return ModelSet(folder.name, models, cfg.crops, np.asarray(meta["mean"], np.float32),
+                    np.asarray(meta["std"], np.float32))
+
+
+@torch.no_grad()
+def classify(ms: ModelSet, crops: dict[tuple[str, str], np.ndarray], device: torch.device, tta: bool,
+             batch_size: int) -> dict[tuple[str, str], np.ndarray]:
+    """Mean softmax over folds (and flips) of each crop's own condition: (condition, level) -> (3,)."""
+    keys = list(crops)
+    if not keys:
+        return {}
+    x = np.stack([crops[k] for k in keys]).astype(np.float32) / 255.0
+    x = torch.from_numpy(((x - ms.mean) / ms.std).transpose(0, 3, 1, 2).copy())
+    cond = torch.tensor([COND_INDEX[c] for c, _ in keys])
+    views = [x, torch.flip(x, dims=[2])] if tta else [x]
+    total = torch.zeros(len(keys), 3)
+    for model in ms.models:
+        for v in views:
+            for s in range(0, len(keys), batch_size):
+                logits = model(v[s:s + batch_size].to(device)).float().cpu()
+                total[s:s + batch_size] += torch.softmax(select_logits(logits, cond[s:s + batch_size], 3), 1)
+    total /= len(ms.models) * len(views)
+    return {k: total[i].numpy() for i, k in enumerate(keys)}
+
+
+def load_prior(weights_dir: Path, experiments: list[str]) -> dict[str, np.ndarray]:
+    """The training prior per group, saved by 02_train.py beside each experiment."""
+    for name in experiments:
+        path = weights_dir / name / PRIOR_JSON
+        if path.is_file():
+            return {g: np.asarray(v, float) for g, v in json.loads(path.read_text()).items()}
+    raise DataError(f"no {PRIOR_JSON} in {weights_dir}/<experiment>/ for {experiments}")
+
+
+def submission_row_ids(data_dir: Path) -> list[str]:
+    """sample_submission.csv's rows in its order; 25 per test study if that file is absent."""
+    path = data_dir / schema.SAMPLE_SUBMISSION_CSV
+    if path.is_file():
+        return pd.read_csv(path, usecols=["row_id"]).row_id.tolist()
+    from lsdc.localize import series_table
+
+    ids = sorted(series_table(data_dir, "test").study_id.unique())
+    return [r for s in ids for r in schema.study_row_ids(int(s))]
+
+
+def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path, cfg: PredictConfig,
+            progress: bool = True) -> pd.DataFrame:
+    """Write the submission for every test study; returns it."""
+    from lsdc.ensemble import EnsembleSpec, apply_ensemble, load_ensemble
+    from lsdc.localize import Localizer, load_study_series, series_table
+    from lsdc.metric import validate_submission
+
+    data_dir, weights_dir = Path(data_dir), Path(weights_dir)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    spec_path = weights_dir / cfg.ensemble
+    spec: EnsembleSpec | None = load_ensemble(spec_path) if spec_path.is_file() else None
+    names = cfg.experiments or (spec.models if spec else [])
+    if not names:
+        raise DataError(f"{spec_path} not found and no experiments given: run scripts/04_ensemble.py "
+                        "or pass --set experiments=[name]")
+    folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
+    model_sets = {n: load_experiment(f, device) for n, f in folders.items()}
+    if spec is None or set(names) - set(spec.models):
+        spec = _equal_spec(names)
+    localizer = Localizer.load(weights_dir / cfg.localizer)
+    prior = load_prior(weights_dir, [f.name for f in folders.values()])
+    row_ids = submission_row_ids(data_dir)
+    series = series_table(data_dir, "test")
+    studies = list(dict.fromkeys(schema.parse_row_id(r)[0] for r in row_ids))
+    per_model: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    report: list[dict[str, Any]] = []
+    it = studies
+    if progress:
+        from lsdc.cli import progress as bar
+
+        it = bar(studies, desc="predict", unit="study")
+    for sid in it:
+        study_dir = data_dir / schema.TEST_IMAGES / str(sid)
+        try:
+            found = load_study_series(study_dir, series[series.study_id == sid])
+            requests, _ = localizer.locate(found)
+            cache = {int(s.series_id): s for lst in found.values() for s in lst}
+            by_crop_cfg: dict[str, dict] = {}
+            for name, ms in model_sets.items():
+                key = ms.crops.dirname + repr(ms.crops)
+                if key not in by_crop_cfg:
+                    _, by_crop_cfg[key] = crop_study(study_dir, requests, ms.crops, None, series_cache=cache)
+                probs = classify(ms, by_crop_cfg[key], device, cfg.tta, cfg.batch_size)
+                for (cond, level), p in probs.items():
+                    per_model[name].append({"row_id": schema.row_id(sid, cond, level),
+                                            **dict(zip(schema.SEVERITY_COLUMNS, p.tolist()))})
+            n_placed = len({(r.condition, r.level) for r in requests})
+            missing = sorted(set(schema.SERIES_DESCRIPTIONS) - set(found))
+            if n_placed < len(schema.LABEL_COLUMNS) or missing:
+                log.warning("study %s: %d of 25 cells localised%s; the rest get the training prior", sid, n_placed,
+                            f" (no usable {', '.join(missing)})" if missing else "")
+            report.append({"study_id": sid, "cells_localised": n_placed, "missing_series": ";".join(missing),
+                           "error": ""})
+        except Exception as exc:  # one unreadable study never stops the submission
+            log.warning("study %s: could not be processed (%s: %s); all its rows get the training prior",
+                        sid, type(exc).__name__, exc)
+            report.append({"study_id": sid, "cells_localised": 0, "missing_series": "", "error": str(exc)})
+    frames = {n: pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS)) for n, rows in per_model.items()}
+    frames = {n: f for n, f in frames.items() if len(f)}
+    blended = apply_ensemble(spec, frames) if frames else pd.DataFrame(columns=list(schema.SUBMISSION_COLUMNS))
+    sub = _fill_with_prior(row_ids, blended, prior)
+    validate_submission(sub, required_row_ids=row_ids)
+    write_csv(sub, out_path)
+    write_csv(pd.DataFrame(report), Path(out_path).with_name("predict_report.csv"))
+    log.info("wrote %s: %d rows, %d studies in %.1f s", out_path, len(sub), len(studies), time.perf_counter() - t0)
+    return sub
+
+
+def _equal_spec(names: list[str]) -> Any:
+    from lsdc.ensemble import EnsembleSpec
+
+    w = {g: {n: 1.0 / len(names) for n in names} for g in schema.GROUPS}
+    return EnsembleSpec(models=list(names), weights=w, temperatures={g: 1.0 for g in schema.GROUPS},
+                        experiments={n: n for n in names})
+
+
+def _fill_with_prior(row_ids: list[str], blended: pd.DataFrame, prior: dict[str, np.ndarray]) -> pd.DataFrame:
+    cols = list(schema.SEVERITY_COLUMNS)
+    out = pd.DataFrame({"row_id": row_ids})
+    vals = blended.set_index("row_id")[cols] if len(blended) else pd.DataFrame(columns=cols)
+    vals = vals.reindex(row_ids)
+    fallback = np.array([prior[schema.group_of_column(r.split("_", 1)[1])] for r in row_ids])
+    arr = vals.to_numpy(dtype=float)
+    bad = ~np.isfinite(arr).all(1)
+    arr[bad] = fallback[bad]
+    arr = np.clip(arr, 1e-7, None)
+    arr /= arr.sum(1, keepdims=True)
+    for j, c in enumerate(cols):
+        out[c] = arr[:, j]
+    return out
+

@@ -37,3 +37,15 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     prepare(data, out, cfg.crops, progress=False)
     summary = run(cfg, data, out)
     return {"data": data, "out": out, "cfg": cfg, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def smoke_localizer(smoke_run: dict) -> dict:
+    """A small localiser trained on the smoke data's 2 folds, with its out-of-fold metrics."""
+    from lsdc.localize import LocalizerConfig, LocalizerExperiment, train
+    from lsdc.train import FoldConfig
+
+    exp = LocalizerExperiment(name="localizer_test", folds=FoldConfig(n_folds=2),
+                              localizer=LocalizerConfig(image_size=96, width=8, epochs=15))
+    metrics = train(exp, smoke_run["data"], smoke_run["out"])
+    return {"name": exp.name, "metrics": metrics}

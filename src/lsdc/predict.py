@@ -200,3 +200,54 @@ def _fill_with_prior(row_ids: list[str], blended: pd.DataFrame, prior: dict[str,
         out[c] = arr[:, j]
     return out
 
+
+
+def pack(weights_dir: str | Path, out_dir: str | Path, cfg: PredictConfig, code_root: str | Path | None = None) -> Path:
+    """Copy what 05_predict.py needs into one folder to upload as a Kaggle dataset.
+
+    The localiser, ensemble.json, and per experiment its config, prior and fold checkpoints; with
+    ``code_root``, also src/, scripts/ and configs/ so the same dataset carries the code. Written to a
+    temporary folder first and renamed, so a half-copied pack never looks complete.
+    """
+    import shutil
+
+    from lsdc.ensemble import load_ensemble
+
+    weights_dir, out_dir = Path(weights_dir), Path(out_dir)
+    spec_path = weights_dir / cfg.ensemble
+    spec = load_ensemble(spec_path) if spec_path.is_file() else None
+    names = cfg.experiments or (spec.models if spec else [])
+    if not names:
+        raise DataError(f"{spec_path} not found and no experiments given: nothing to pack")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    loc = weights_dir / cfg.localizer
+    if not (loc / "localizer.pt").is_file():
+        raise DataError(f"{loc / 'localizer.pt'} not found: train the localiser first")
+    shutil.copytree(loc, tmp / cfg.localizer, ignore=shutil.ignore_patterns("*.csv"))
+    if spec_path.is_file():
+        shutil.copy2(spec_path, tmp / cfg.ensemble)
+    manifest: dict[str, Any] = {"experiments": {}, "localizer": cfg.localizer}
+    for name in names:
+        folder = weights_dir / (spec.experiments.get(name, name) if spec else name)
+        ckpts = sorted(folder.glob("fold*/best.pt"))
+        if not ckpts:
+            raise DataError(f"experiment {folder} has no fold*/best.pt to pack")
+        dest = tmp / folder.name
+        for f in [folder / "config.yaml", folder / PRIOR_JSON, folder / "metrics.json", *ckpts]:
+            if f.is_file():
+                (dest / f.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest / f.relative_to(folder))
+        manifest["experiments"][name] = [str(c.relative_to(weights_dir)) for c in ckpts]
+    if code_root is not None:
+        root = Path(code_root)
+        for part in ("src", "scripts", "configs"):
+            skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+            shutil.copytree(root / part, tmp / "code" / part, ignore=skip)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

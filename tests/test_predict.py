@@ -1,0 +1,94 @@
+"""Test-time localisation, inference and the submission, end to end on fresh synthetic data."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lsdc import schema
+from lsdc.ensemble import EnsembleConfig, build_ensemble
+from lsdc.folds import load_train_labels
+from lsdc.localize import heatmap_loss
+from lsdc.metric import score, validate_submission
+from lsdc.predict import PredictConfig, predict
+from lsdc.train import prior_probabilities, prior_submission
+
+
+def test_heatmap_loss_is_lowest_at_the_point():
+    import torch
+
+    logits = torch.zeros(1, 1, 16, 16)
+    logits[0, 0, 5, 9] = 8.0
+    near = heatmap_loss(logits, torch.tensor([[[9.0, 5.0]]]), torch.ones(1, 1), 1.0)
+    far = heatmap_loss(logits, torch.tensor([[[2.0, 12.0]]]), torch.ones(1, 1), 1.0)
+    masked = heatmap_loss(logits, torch.tensor([[[2.0, 12.0]]]), torch.zeros(1, 1), 1.0)
+    assert float(near) < float(far) and float(masked) == 0.0
+
+
+def test_localisation_error_on_held_out_studies(smoke_localizer):
+    m = smoke_localizer["metrics"]
+    assert m["median_error_mm"] < 12.0, m
+    for cond in schema.CONDITIONS:
+        c = m["per_condition"][cond]
+        assert c["located"] > 0.9 and c["within_10mm"] > 0.5, (cond, c)
+
+
+@pytest.fixture(scope="module")
+def submission(smoke_run, smoke_localizer, tmp_path_factory):
+    out = smoke_run["out"]
+    build_ensemble(out, load_train_labels(smoke_run["data"]),
+                   EnsembleConfig(experiments=[smoke_run["cfg"].experiment]))
+    path = tmp_path_factory.mktemp("sub") / "submission.csv"
+    sub = predict(smoke_run["data"], out, path, PredictConfig(localizer=smoke_localizer["name"]), progress=False)
+    return path, sub
+
+
+def test_submission_matches_sample_row_for_row(smoke_run, submission):
+    path, sub = submission
+    sample = pd.read_csv(smoke_run["data"] / schema.SAMPLE_SUBMISSION_CSV)
+    written = pd.read_csv(path)
+    assert written.row_id.tolist() == sample.row_id.tolist()
+    validate_submission(written, required_row_ids=sample.row_id.tolist())
+    probs = written[list(schema.SEVERITY_COLUMNS)].to_numpy()
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):
+    path, _ = submission
+    solution = pd.read_csv(smoke_run["data"] / schema.TEST_SOLUTION_CSV)
+    sub = pd.read_csv(path)
+    prior = prior_submission(sub.row_id.tolist(), prior_probabilities(load_train_labels(smoke_run["data"])))
+    ours, base = score(solution, sub)["score"], score(solution, prior)["score"]
+    assert ours < base - 0.1, (ours, base)
+
+
+def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(smoke_run["data"], data, ignore=shutil.ignore_patterns(schema.TRAIN_IMAGES))
+    series = pd.read_csv(data / schema.TEST_SERIES_CSV)
+    studies = sorted(series.study_id.unique())
+    gone, corrupt = studies[0], studies[1]
+    axial = series[(series.study_id == gone) & (series.series_description == schema.AXIAL_T2)].series_id
+    for sid in axial:  # a missing series: listed in the CSV, absent on disk
+        shutil.rmtree(data / schema.TEST_IMAGES / str(gone) / str(sid))
+    t2 = series[(series.study_id == corrupt) & (series.series_description == schema.SAG_T2)].series_id.iloc[0]
+    files = sorted((data / schema.TEST_IMAGES / str(corrupt) / str(t2)).glob("*.dcm"))
+    files[len(files) // 2].write_bytes(b"\x00garbage")
+    caplog.set_level(logging.WARNING)
+    sub = predict(data, smoke_run["out"], tmp_path / "s.csv", PredictConfig(localizer=smoke_localizer["name"]),
+                  progress=False)
+    sample = pd.read_csv(data / schema.SAMPLE_SUBMISSION_CSV)
+    assert sub.row_id.tolist() == sample.row_id.tolist()
+    for study in (gone, corrupt):
+        rows = sub[sub.row_id.str.startswith(f"{study}_")]
+        assert len(rows) == 25 and np.isfinite(rows[list(schema.SEVERITY_COLUMNS)].to_numpy()).all()
+    prior = prior_probabilities(load_train_labels(smoke_run["data"]))["subarticular"]
+    sub_rows = sub[sub.row_id.str.startswith(f"{gone}_") & sub.row_id.str.contains("subarticular")]
+    np.testing.assert_allclose(sub_rows[list(schema.SEVERITY_COLUMNS)].to_numpy(), np.tile(prior, (10, 1)))
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert str(gone) in messages and str(corrupt) in messages

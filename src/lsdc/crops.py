@@ -23,7 +23,7 @@ from lsdc import schema
 from lsdc.dicom import Series, load_series
 from lsdc.errors import DataError
 from lsdc.geometry import patient_to_pixel
-from lsdc.io import atomic_path, write_csv
+from lsdc.io import atomic_path, read_csv_checked, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +243,7 @@ def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
 
     train = load_train_labels(data_dir).set_index("study_id")
     path = data_dir / schema.COORDS_CSV
-    if not path.is_file():
-        raise DataError(f"{path} not found")
-    coords = pd.read_csv(path)
-    missing = [c for c in schema.COORD_COLUMNS if c not in coords.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}")
+    coords = read_csv_checked(path, schema.COORD_COLUMNS)
     unknown = set(coords.condition) - set(schema.CONDITIONS)
     if unknown:
         raise DataError(f"{path}: unknown condition {sorted(unknown)[0]!r}")

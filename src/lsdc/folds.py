@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from lsdc import schema
 from lsdc.errors import DataError
-from lsdc.io import write_csv
+from lsdc.io import read_csv_checked, write_csv
 
 
 def folds_csv(n_folds: int) -> str:
@@ -25,12 +25,8 @@ def folds_csv(n_folds: int) -> str:
 def load_train_labels(data_dir: str | Path) -> pd.DataFrame:
     """train.csv with its 25 label columns checked (empty cells stay NaN)."""
     path = Path(data_dir) / schema.TRAIN_CSV
-    if not path.is_file():
-        raise DataError(f"{path} not found: is --data-dir the competition folder?")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    missing = [c for c in schema.TRAIN_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    df = read_csv_checked(path, schema.TRAIN_COLUMNS, "is --data-dir the competition folder?",
+                          keep_default_na=False, na_values=[""])
     bad = ~df[list(schema.LABEL_COLUMNS)].isin(schema.SEVERITIES) & df[list(schema.LABEL_COLUMNS)].notna()
     if bad.to_numpy().any():
         r, c = np.argwhere(bad.to_numpy())[0]

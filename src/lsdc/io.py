@@ -53,3 +53,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     import json
 
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_csv_checked(path: str | os.PathLike, columns: tuple[str, ...] | list[str], hint: str = "",
+                     **kwargs: Any) -> Any:
+    """Read a CSV that must hold ``columns``; a missing file or column is a DataError naming the file."""
+    import pandas as pd
+
+    from lsdc.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found{': ' + hint if hint else ''}")
+    df = pd.read_csv(path, **kwargs)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    return df

@@ -33,7 +33,7 @@ from lsdc.crops import CropRequest
 from lsdc.dicom import Series, load_series
 from lsdc.errors import DataError
 from lsdc.geometry import patient_to_pixel, pixel_to_patient
-from lsdc.io import atomic_path, write_csv, write_json
+from lsdc.io import atomic_path, read_csv_checked, write_csv, write_json
 from lsdc.train import FoldConfig
 
 log = logging.getLogger(__name__)
@@ -174,21 +174,14 @@ class StudyPoints:
 
 def series_table(data_dir: Path, split: str) -> pd.DataFrame:
     name = schema.TRAIN_SERIES_CSV if split == "train" else schema.TEST_SERIES_CSV
-    path = data_dir / name
-    if not path.is_file():
-        raise DataError(f"{path} not found")
-    df = pd.read_csv(path)
-    missing = [c for c in schema.SERIES_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}")
-    return df
+    return read_csv_checked(data_dir / name, schema.SERIES_COLUMNS)
 
 
 def annotated_points(data_dir: Path, study_ids: list[int]) -> dict[int, StudyPoints]:
     """Patient coordinates of every annotated point of the given studies (headers only)."""
     from lsdc.dicom import read_header
 
-    coords = pd.read_csv(data_dir / schema.COORDS_CSV)
+    coords = read_csv_checked(data_dir / schema.COORDS_CSV, schema.COORD_COLUMNS)
     coords = coords[coords.study_id.isin(study_ids)].drop_duplicates(["study_id", "condition", "level"])
     out: dict[int, StudyPoints] = {}
     for sid, rows in coords.groupby("study_id"):

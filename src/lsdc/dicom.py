@@ -42,6 +42,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry, nearest_slice, pixel_to_patient
+from lsdc.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +357,8 @@ def write_slice(
     *,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    sop_uid: str | None = None,
+    patient_id: str | None = None,
     series_number: int | None = None,
     frame_of_reference_uid: str | None = None,
     slice_thickness: float | None = None,
@@ -373,7 +376,7 @@ def write_slice(
     ``pixels`` is an integer (rows, cols) array matching ``geometry``; int16 is stored signed
     (PixelRepresentation 1), anything else must fit uint16 and is stored unsigned. Pass the same
     ``study_uid``/``series_uid``/``frame_of_reference_uid`` to every slice of a series (new random
-    UIDs otherwise).
+    UIDs otherwise; pass ``sop_uid`` too for byte-identical reruns). Written atomically.
 
     Tags written. File meta: MediaStorageSOPClassUID, MediaStorageSOPInstanceUID, TransferSyntaxUID,
     ImplementationClassUID. Dataset: SOPClassUID (MR Image Storage), SOPInstanceUID,
@@ -401,7 +404,7 @@ def write_slice(
         pixels = pixels.astype(np.uint16)
     ts = UID(transfer_syntax)
 
-    sop_uid = generate_uid()
+    sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -416,6 +419,8 @@ def write_slice(
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.FrameOfReferenceUID = frame_of_reference_uid or generate_uid()
     ds.Modality = "MR"
+    if patient_id is not None:
+        ds.PatientID = ds.StudyID = patient_id
     if series_number is not None:
         ds.SeriesNumber = int(series_number)
     if series_description is not None:
@@ -446,8 +451,8 @@ def write_slice(
         ds.compress(ts, generate_instance_uid=False, **encoding_kwargs)
     elif ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         raise ValueError(f"write_slice does not write transfer syntax {ts.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 

@@ -25,9 +25,10 @@ import pandas as pd
 from scipy import ndimage
 
 from lsdc import schema
+from lsdc.dicom import write_slice
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry, patient_to_pixel
-from lsdc.io import atomic_path, write_csv, write_text
+from lsdc.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -511,53 +512,6 @@ def _uid(*parts: Any) -> str:
     return str(generate_uid(prefix="1.2.826.0.1.3680043.10.1415.", entropy_srcs=[str(p) for p in parts]))
 
 
-def write_dicom(path: Path, pixels: np.ndarray, g: SliceGeometry, *, study_id: int, series_id: int,
-                instance_number: int, plan: SeriesPlan, series_number: int, with_spacing_tags: bool,
-                rescale: bool) -> None:
-    """Write one MR slice with the tags the competition's files carry (atomically)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-
-    sop_uid = _uid(study_id, series_id, instance_number)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = _uid(study_id)
-    ds.SeriesInstanceUID = _uid(study_id, series_id)
-    ds.FrameOfReferenceUID = _uid(study_id, "frame")
-    ds.Modality = "MR"
-    ds.PatientID = str(study_id)
-    ds.StudyID = str(study_id)
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = plan.description
-    ds.InstanceNumber = instance_number
-    ds.PatientPosition = "HFS"
-    ds.ImagePositionPatient = [round(float(v), 5) for v in g.ipp]
-    ds.ImageOrientationPatient = [round(float(v), 7) for v in g.iop]
-    ds.PixelSpacing = [round(float(v), 6) for v in g.spacing]
-    if with_spacing_tags:
-        ds.SliceThickness = round(plan.slice_thickness, 4)
-        ds.SpacingBetweenSlices = round(plan.spacing_between, 4)
-    ds.Rows, ds.Columns = int(g.rows), int(g.cols)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    if rescale:
-        ds.RescaleSlope = 1
-        ds.RescaleIntercept = 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-
-
 # ----------------------------------------------------------------------------- one study
 
 
@@ -616,9 +570,13 @@ def generate_study(args: tuple[int, int, bool, SyntheticConfig, str]) -> StudyRe
         series_dir = Path(images_dir) / str(study_id) / str(plan.series_id)
         series_dir.mkdir(parents=True, exist_ok=True)
         for g, img, inst in zip(plan.slices, images, plan.instance_numbers):
-            write_dicom(series_dir / f"{inst}.dcm", img, g, study_id=study_id, series_id=plan.series_id,
-                        instance_number=inst, plan=plan, series_number=number,
-                        with_spacing_tags=with_spacing_tags, rescale=rescale)
+            write_slice(series_dir / f"{inst}.dcm", img, g, inst, plan.description,
+                        study_uid=_uid(study_id), series_uid=_uid(study_id, plan.series_id),
+                        sop_uid=_uid(study_id, plan.series_id, inst), patient_id=str(study_id),
+                        frame_of_reference_uid=_uid(study_id, "frame"), series_number=number,
+                        slice_thickness=plan.slice_thickness if with_spacing_tags else None,
+                        spacing_between_slices=plan.spacing_between if with_spacing_tags else None,
+                        rescale_slope=1.0 if rescale else None, rescale_intercept=0.0 if rescale else None)
 
     labels: dict[str, str] = {}
     for (cond, level), sev in a.severity.items():

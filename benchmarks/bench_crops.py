@@ -307,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Result: project {proj_rate:.2f} studies/s, naive {naive_rate:.2f} studies/s, "
             f"**speed-up {ratio:.2f}x** (median of {args.rounds} interleaved rounds); crops identical: {same}",
             "",
-            "All runs:",
-            "",
-            HEADER,
-            "|" + "---|" * (HEADER.count("|") - 1),
-            *rows,
+            *common.history_table("All runs:", HEADER, rows),
         ])
         print(f"wrote {common.write_section(SECTION, body)}")
     return 0

@@ -127,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             f"wall-time floor on {args.workers} otherwise idle cores for this set (CPU-bound, perfect "
             "parallelism; a bound derived from the measured CPU time, not a measured wall time)",
             "",
-            "All runs:",
-            "",
-            HEADER,
-            "|" + "---|" * (HEADER.count("|") - 1),
-            *rows,
+            *common.history_table("All runs:", HEADER, rows),
         ])
         print(f"wrote {common.write_section(SECTION, body)}")
     return 0

@@ -274,11 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *lines,
             "",
-            "All runs on this device type:",
-            "",
-            HISTORY,
-            "|" + "---|" * (HISTORY.count("|") - 1),
-            *rows,
+            *common.history_table("All runs on this device type:", HISTORY, rows),
         ]
         print(f"wrote {common.write_section(section, chr(10).join(body))}")
     return 0

@@ -130,3 +130,8 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def history_table(title: str, header: str, rows: Sequence[str]) -> list[str]:
+    """The 'all runs' markdown table that ends every benchmark section."""
+    return [title, "", header, "|" + "---|" * (header.count("|") - 1), *rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import zlib
 from pathlib import Path
@@ -71,6 +72,28 @@ def native(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     ds = pydicom.dcmread(bundled(name))
     n = int(np.prod(shape))
     return np.frombuffer(ds.PixelData, dtype=dtype)[:n].reshape(shape).astype(np.float64)
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("pydicom used or pixels decoded during a header read")
+
+
+def count_bytes_read(monkeypatch: pytest.MonkeyPatch) -> dict[Path, int]:
+    """Count the bytes read from each file opened through Path.open in binary mode."""
+    counted: dict[Path, int] = {}
+    real_open = Path.open
+
+    class Counting(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            counted[Path(self.name)] = counted.get(Path(self.name), 0) + len(data)
+            return data
+
+    def counting_open(self: Path, mode: str = "r", *args, **kwargs):
+        return Counting(str(self), "rb") if mode == "rb" else real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    return counted
 
 
 def transfer_syntax(name: str) -> str:
@@ -311,7 +334,23 @@ def test_optional_tags_and_instance_fallback(tmp_path: Path) -> None:
 
 
 def test_header_read_does_not_load_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 512 x 512 slice (512 KiB): the header read takes its first kilobytes only, and no decoder."""
+    path = write_slice(tmp_path / "1.dcm", ramp(512, 512), geom((0, 0, 0), rows=512, cols=512), 1)
+    counted = count_bytes_read(monkeypatch)
+    monkeypatch.setattr(dicom, "pixel_array", no_decoding)
+    monkeypatch.setattr(pydicom, "dcmread", no_decoding)
+    header = read_header(path)
+    assert header.shape == (512, 512) and header.layout is not None
+    assert 0 < counted[path] <= 16384 < path.stat().st_size
+
+
+def test_pydicom_header_path_does_not_load_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Implicit VR files go through pydicom, which stops before the pixels."""
     write_sagittal_series(tmp_path / "1" / "2", [0.0, 4.0, 8.0], [1, 2, 3])
+    for p in (tmp_path / "1" / "2").iterdir():
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(p, implicit_vr=True, little_endian=True)
     calls: list[dict] = []
     real_dcmread = pydicom.dcmread
 
@@ -320,14 +359,91 @@ def test_header_read_does_not_load_pixels(tmp_path: Path, monkeypatch: pytest.Mo
         calls.append({**kwargs, "has_pixels": "PixelData" in ds})
         return ds
 
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("pixels decoded during a header read")
-
     monkeypatch.setattr(pydicom, "dcmread", spy)
     monkeypatch.setattr(dicom, "pixel_array", no_decoding)
     series = load_series(tmp_path / "1" / "2")
     assert len(series) == 3 and len(calls) == 3
     assert all(c["stop_before_pixels"] and not c["has_pixels"] for c in calls)
+    assert all(s.layout is None for s in series.slices)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast header reader and native pixel path give exactly what pydicom gives
+
+
+def assert_same_as_pydicom(path: Path, native_layout: bool = True) -> None:
+    """read_header (fast path) equals the pydicom header; read_slice equals read_pixels bit for bit."""
+    fast = dicom._fast_header(path)
+    assert fast is not None, "the fast reader declined the file"
+    assert fast == dicom._pydicom_header(path) == read_header(path)
+    assert (fast.layout is not None) == native_layout
+    out = dicom.read_slice(fast)
+    reference = read_pixels(path)
+    assert out.dtype == reference.dtype == np.float32
+    np.testing.assert_array_equal(out, reference)
+
+
+@pytest.mark.parametrize(("pixels", "kwargs"), [
+    (ramp(12, 10, 3), {}),
+    (ramp(12, 10, 3), {"slice_thickness": 3.5, "spacing_between_slices": 4.0, "series_description": "T2"}),
+    (np.array([[-5, 0, 7], [-32768, 32767, 1]], dtype=np.int16), {}),
+    (np.array([[0, 4095, 4096], [65535, 100, 8191]], dtype=np.uint16), {"bits_stored": 12}),
+    (np.array([[0, 2047, -2048], [-1, 100, 4000]], dtype=np.int16), {"bits_stored": 12}),
+    (np.array([[0, 1000], [4000, 4095]], dtype=np.uint16), {"bits_stored": 12, "photometric": "MONOCHROME1"}),
+    (np.array([[0, 1000], [4000, 4095]], dtype=np.uint16),
+     {"bits_stored": 12, "photometric": "MONOCHROME1", "rescale_slope": 2, "rescale_intercept": 10}),
+    (ramp(12, 10, 3), {"rescale_slope": 2.5, "rescale_intercept": -100.0}),
+    (ramp(12, 10, 3), {"rescale_intercept": 7.0}),
+])
+def test_fast_path_matches_pydicom_on_written_slices(tmp_path: Path, pixels: np.ndarray, kwargs: dict) -> None:
+    rows, cols = pixels.shape
+    path = write_slice(tmp_path / "5.dcm", pixels, geom((1.5, -2.25, 3.125), rows=rows, cols=cols), 5, **kwargs)
+    assert_same_as_pydicom(path)
+
+
+@pytest.mark.parametrize(("name", "native_layout"), [
+    ("MR_small.dcm", True), ("CT_small.dcm", True), ("MR_small_padded.dcm", True),
+    ("MR_small_RLE.dcm", False), ("MR_small_jp2klossless.dcm", False),
+])
+def test_fast_path_matches_pydicom_on_bundled_files(name: str, native_layout: bool) -> None:
+    assert_same_as_pydicom(Path(bundled(name)), native_layout)
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"])
+def test_other_encodings_left_to_pydicom(name: str) -> None:
+    assert dicom._fast_header(Path(bundled(name))) is None
+
+
+def test_fast_path_skips_sequences_and_long_headers(tmp_path: Path) -> None:
+    """An undefined-length sequence with nested items, and a 40 KB private element before the pixels
+    (past the first read): both walked over, same header and pixels as pydicom."""
+    path = write_slice(tmp_path / "9.dcm", ramp(12, 10), geom((0, 0, 0)), 9, "Sagittal T1")
+    ds = pydicom.dcmread(path)
+    inner = pydicom.Dataset()
+    inner.ReferencedSOPInstanceUID = "1.2.3.4"
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    item.ReferencedImageSequence = [inner]
+    item["ReferencedImageSequence"].is_undefined_length = True
+    ds.ReferencedImageSequence = [item, item]
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    for it in (inner, item):
+        it.is_undefined_length_sequence_item = True
+    ds.add_new(0x00291010, "OB", b"\x01" * 40000)
+    ds.save_as(path)
+    raw = path.read_bytes()
+    assert b"\xfe\xff\xdd\xe0" in raw  # pydicom wrote the sequence with undefined length
+    assert_same_as_pydicom(path)
+
+
+def test_truncated_file_rejected_by_both_paths(tmp_path: Path) -> None:
+    path = write_slice(tmp_path / "4.dcm", ramp(64, 64), geom((0, 0, 0), rows=64, cols=64), 4)
+    header = read_header(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"4\.dcm.*truncated"):
+        read_header(path)
+    with pytest.raises(DataError, match=r"4\.dcm"):
+        dicom.read_slice(header)  # the file shrank after its header was read: pydicom names it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,13 +572,13 @@ def test_load_series_errors_name_the_folder(tmp_path: Path) -> None:
 def test_images_read_lazily_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_sagittal_series(tmp_path, [0.0, 4.0, 8.0, 12.0], [1, 2, 3, 4])
     reads: list[Path] = []
-    real = dicom.read_pixels
+    real = dicom.read_slice
 
-    def counting(path):
-        reads.append(Path(path))
-        return real(path)
+    def counting(header):
+        reads.append(header.path)
+        return real(header)
 
-    monkeypatch.setattr(dicom, "read_pixels", counting)
+    monkeypatch.setattr(dicom, "read_slice", counting)
     series = load_series(tmp_path)
     assert reads == []
     first = series.image(2)

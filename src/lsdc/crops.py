@@ -70,8 +70,12 @@ class CropConfig:
 
 
 def intensity_window(images: list[np.ndarray], low_pct: float, high_pct: float) -> tuple[float, float]:
-    """Robust (low, high) intensity of a series, from the whole slices that were read."""
-    values = np.concatenate([np.asarray(im, dtype=np.float32)[::2, ::2].ravel() for im in images])
+    """Robust (low, high) intensity of a series, from the whole slices that were read.
+
+    Every 4th pixel of every 4th row is plenty for two percentiles (thousands of values per slice)
+    and makes the window cost less than the crops.
+    """
+    values = np.concatenate([np.asarray(im, dtype=np.float32)[::4, ::4].ravel() for im in images])
     lo, hi = np.percentile(values, [low_pct, high_pct])
     return float(lo), float(max(hi, lo + 1e-3))
 
@@ -106,6 +110,7 @@ def crop_roi(series: Series, index: int, x: float, y: float, size_mm: float, cfg
     """
     point = series.pixel_to_patient(index, x, y)
     lo, hi = window
+    scale = 255.0 / (hi - lo)
     channels = []
     for j in neighbour_indices(index, cfg.n_slices, len(series)):
         g = series.slices[j].geometry
@@ -115,8 +120,9 @@ def crop_roi(series: Series, index: int, x: float, y: float, size_mm: float, cfg
             px, py, _ = patient_to_pixel(g, point)
             xj, yj = float(px), float(py)
         patch = resample_patch(series.image(j), xj, yj, size_mm, g.spacing, cfg.size)
-        channels.append(np.clip((patch - lo) / (hi - lo) * 255.0, 0, 255))
-    return np.round(np.stack(channels, axis=-1)).astype(np.uint8)
+        # (patch - lo) * 255 / (hi - lo), rounded and saturated to 0..255 in one OpenCV call.
+        channels.append(cv2.addWeighted(patch, scale, patch, 0.0, -lo * scale, dtype=cv2.CV_8U))
+    return cv2.merge(channels) if len(channels) > 1 else channels[0][..., None]
 
 
 def save_crop(path: Path, crop: np.ndarray) -> None:

@@ -10,6 +10,7 @@ the centre of the top-left pixel, as in train_label_coordinates.csv.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -24,23 +25,34 @@ class SliceGeometry:
     rows: int
     cols: int
 
-    @property
+    # Cached (read-only) because projections call them for every slice of every series.
+    @cached_property
     def row_dir(self) -> np.ndarray:
-        return np.asarray(self.iop[:3], dtype=float)
+        return _frozen(np.asarray(self.iop[:3], dtype=float))
 
-    @property
+    @cached_property
     def col_dir(self) -> np.ndarray:
-        return np.asarray(self.iop[3:], dtype=float)
+        return _frozen(np.asarray(self.iop[3:], dtype=float))
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray:
-        return slice_normal(self.iop)
+        return _frozen(slice_normal(self.iop))
+
+    @cached_property
+    def origin(self) -> np.ndarray:
+        """ImagePositionPatient as a read-only (3,) array."""
+        return _frozen(np.asarray(self.ipp, dtype=float))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def slice_normal(iop: tuple[float, ...] | np.ndarray) -> np.ndarray:
     """Unit normal of an image plane: row direction x column direction."""
-    iop = np.asarray(iop, dtype=float)
-    n = np.cross(iop[:3], iop[3:])
+    a, b, c, d, e, f = (float(v) for v in iop)
+    n = np.array([b * f - c * e, c * d - a * f, a * e - b * d])  # the cross product, without np.cross's overhead
     return n / np.linalg.norm(n)
 
 
@@ -48,7 +60,7 @@ def pixel_to_patient(g: SliceGeometry, x: np.ndarray | float, y: np.ndarray | fl
     """Patient coordinates (..., 3) in mm of pixel (x=column, y=row) on slice ``g``."""
     x = np.asarray(x, dtype=float)[..., None]
     y = np.asarray(y, dtype=float)[..., None]
-    return (np.asarray(g.ipp, dtype=float) + x * g.spacing[1] * g.row_dir
+    return (g.origin + x * g.spacing[1] * g.row_dir
             + y * g.spacing[0] * g.col_dir)
 
 
@@ -58,7 +70,7 @@ def patient_to_pixel(g: SliceGeometry, points: np.ndarray) -> tuple[np.ndarray, 
     Returns (x, y, distance): pixel column and row of the orthogonal projection, and the signed
     distance in mm from the plane along its normal.
     """
-    d = np.asarray(points, dtype=float) - np.asarray(g.ipp, dtype=float)
+    d = np.asarray(points, dtype=float) - g.origin
     x = d @ g.row_dir / g.spacing[1]
     y = d @ g.col_dir / g.spacing[0]
     dist = d @ g.normal

@@ -5,8 +5,13 @@ Two stages, trained from train_label_coordinates.csv with the shared folds:
    T2/STIR, or Sagittal T1 when T2 is missing: it is trained on both, with the canal points projected
    onto each series through the DICOM geometry).
 2. Foramen and subarticular points are the canal point of the level plus an offset learned in patient
-   space (mean over training studies, per condition and level), projected into the Sagittal T1 series and
-   into every Axial T2 series: the nearest slice whose image contains the point, within a tolerance.
+   space (median over training studies, per condition and level), projected into the Sagittal T1 series
+   and into every Axial T2 series: the nearest slice whose image contains the point, within a tolerance.
+3. The foramen's slice is then chosen by a small slice scorer: the parasagittal T1 slices within
+   ``slice_window_mm`` of the offset point compete (softmax over the candidates), each seen as a patch
+   around the point with its two neighbours. The canal's left-right position comes from one slice and
+   the foramina lie 18-22 mm to either side, so the offset point alone lands on a neighbouring slice
+   about half the time; the scorer looks for the foramen itself.
 
 The output is a list of :class:`lsdc.crops.CropRequest`, cropped by the very code that made the
 training crops.
@@ -51,6 +56,12 @@ class LocalizerConfig:
     lr: float = 2e-3
     augment: bool = True
     axial_tolerance_mm: float = 12.0   # farther than this from every axial slice: no subarticular crop
+    slice_model: bool = True           # learn which Sagittal T1 slice holds each foramen
+    slice_window_mm: float = 10.0      # candidates: T1 slices whose plane is this close to the offset point
+    slice_patch_mm: float = 40.0       # side of the patch each candidate is seen through
+    slice_patch_px: int = 48
+    slice_epochs: int = 25
+    slice_jitter_mm: float = 4.0       # training: in-plane shift of the patch, as the offset point errs
     device: str = "auto"
     seed: int = 0
 
@@ -95,6 +106,21 @@ class KeypointNet(nn.Module):
         d3 = self.d3(torch.cat([nn.functional.interpolate(e4, size=e3.shape[-2:]), e3], 1))
         d2 = self.d2(torch.cat([nn.functional.interpolate(d3, size=e2.shape[-2:]), e2], 1))
         return self.head(d2)
+
+
+class SliceScorer(nn.Module):
+    """(N, 3, P, P) patches (a slice and its two neighbours) -> (N,) score that the foramen is on the
+    middle slice; scores are compared across one point's candidate slices with a softmax."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(ConvBlock(3, w, 2), ConvBlock(w, 2 * w, 2), ConvBlock(2 * w, 4 * w, 2),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.score = nn.Linear(4 * w, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(x))[:, 0]
 
 
 def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -292,6 +318,117 @@ def fit_keypoints(samples: list, cfg: LocalizerConfig, device: torch.device) -> 
     return model.eval()
 
 
+# ----------------------------------------------------------------------------- foramen slice choice
+
+
+def slice_candidates(series: Series, point: np.ndarray, window_mm: float) -> list[int]:
+    """Indices of the slices whose plane lies within ``window_mm`` of a patient point (at least the
+    nearest three), in slice order."""
+    dist = np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
+    near = set(np.flatnonzero(dist <= window_mm).tolist()) | set(np.argsort(dist)[:3].tolist())
+    return sorted(near)
+
+
+def slice_patches(series: Series, candidates: list[int], point: np.ndarray, cfg: LocalizerConfig,
+                  window: tuple[float, float], shift: np.ndarray | None = None) -> np.ndarray:
+    """float32 (C, 3, P, P): for each candidate, the patch around the point on it and its neighbours.
+
+    ``shift`` (C, 2) moves each patch in plane by that many mm (training augmentation)."""
+    from lsdc.crops import neighbour_indices, resample_patch
+
+    lo, hi = window
+    out = np.zeros((len(candidates), 3, cfg.slice_patch_px, cfg.slice_patch_px), np.float32)
+    for c, i in enumerate(candidates):
+        for k, j in enumerate(neighbour_indices(i, 3, len(series))):
+            g = series.slices[j].geometry
+            x, y, _ = patient_to_pixel(g, point)
+            dx, dy = (0.0, 0.0) if shift is None else shift[c]
+            patch = resample_patch(series.image(j), float(x) + dx / g.spacing[1], float(y) + dy / g.spacing[0],
+                                   cfg.slice_patch_mm, g.spacing, cfg.slice_patch_px)
+            out[c, k] = np.clip((patch - lo) / (hi - lo), 0, 1)
+    return out
+
+
+def series_window(series: Series, point: np.ndarray) -> tuple[float, float]:
+    """The series' intensity window, from the slices nearest the point (as the crops use)."""
+    from lsdc.crops import intensity_window
+
+    idx = slice_candidates(series, point, 0.0)
+    return intensity_window(series.images(idx), 1.0, 99.5)
+
+
+@dataclass
+class SliceSample:
+    """One annotated foramen: its T1 series, the offset point and the annotated slice index."""
+
+    series: Series
+    point: np.ndarray
+    target: int
+
+
+def foramen_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.DataFrame,
+                    offsets: dict[str, list[float]]) -> list[SliceSample]:
+    """Annotated foramina of the given studies, each with the point the localiser would start from:
+    the annotated canal point of its level plus the learned offset."""
+    samples = []
+    for sid, sp in points.items():
+        rows = series[(series.study_id == sid) & (series.series_description == schema.SAG_T1)]
+        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), rows).get(schema.SAG_T1, [])
+        by_id = {int(s.series_id): s for s in found}
+        for (cond, level), (series_id, instance) in sp.instances.items():
+            off = offsets.get(f"{cond}|{level}")
+            canal = sp.canal[schema.LEVELS.index(level)]
+            if schema.CONDITION_INFO[cond].group != "foraminal" or off is None or np.isnan(canal).any() \
+                    or series_id not in by_id:
+                continue
+            s = by_id[series_id]
+            samples.append(SliceSample(s, canal + np.asarray(off), s.index_of_instance(instance)))
+    return samples
+
+
+def fit_slice_scorer(samples: list[SliceSample], cfg: LocalizerConfig, device: torch.device) -> SliceScorer | None:
+    """Train the scorer: cross-entropy of the softmax over each point's candidates, annotated slice the
+    target (points whose annotated slice is no candidate are left out). None without samples."""
+    rng = np.random.default_rng(cfg.seed)
+    groups = []
+    for smp in samples:
+        cands = slice_candidates(smp.series, smp.point, cfg.slice_window_mm)
+        if smp.target in cands:
+            groups.append((smp, cands, series_window(smp.series, smp.point)))
+    if not groups:
+        return None
+    torch.manual_seed(cfg.seed)
+    model = SliceScorer(width=max(cfg.width, 8)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.slice_epochs, 1))
+    for epoch in range(cfg.slice_epochs):
+        model.train()
+        total = 0.0
+        for start in range(0, len(groups), cfg.batch_size):
+            batch = [groups[i] for i in rng.permutation(len(groups))[start:start + cfg.batch_size]]
+            patches, sizes, targets = [], [], []
+            for smp, cands, window in batch:
+                jitter = rng.uniform(-cfg.slice_jitter_mm, cfg.slice_jitter_mm, 2)
+                shift = np.repeat(jitter[None], len(cands), 0)
+                x = slice_patches(smp.series, cands, smp.point, cfg, window, shift)
+                patches.append(x * np.float32(rng.uniform(0.85, 1.15)))
+                sizes.append(len(cands))
+                targets.append(cands.index(smp.target))
+            scores = model(torch.from_numpy(np.concatenate(patches)).to(device))
+            loss = torch.stack([nn.functional.cross_entropy(sc[None], torch.tensor([t], device=device))
+                                for sc, t in zip(torch.split(scores, sizes), targets)]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+        sched.step()
+        if epoch == 0 or (epoch + 1) % 10 == 0:
+            log.info("slice scorer epoch %d: loss %.4f (%d foramina)", epoch + 1, total / len(groups), len(groups))
+    for smp, _, _ in groups:
+        smp.series.clear_cache()
+    return model.cpu().eval()
+
+
 # ----------------------------------------------------------------------------- the localiser
 
 
@@ -302,6 +439,15 @@ class Localizer:
     models: list[KeypointNet]
     offsets: dict[str, list[float]]
     cfg: LocalizerConfig
+    slice_models: list[SliceScorer] = field(default_factory=list)  # empty: the nearest slice is taken
+
+    @torch.no_grad()
+    def foramen_slice(self, series: Series, point: np.ndarray) -> int:
+        """The candidate slice the scorers (averaged) rate highest for a foramen near ``point``."""
+        cands = slice_candidates(series, point, self.cfg.slice_window_mm)
+        x = torch.from_numpy(slice_patches(series, cands, point, self.cfg, series_window(series, point)))
+        scores = torch.stack([torch.log_softmax(m(x), 0) for m in self.slice_models]).mean(0)
+        return cands[int(scores.argmax())]
 
     @torch.no_grad()
     def canal_points(self, series: Series) -> np.ndarray:
@@ -336,6 +482,10 @@ class Localizer:
                 best = None
                 for s in targets:
                     idx, x, y, d = s.project(point)
+                    if info.group == "foraminal" and self.slice_models:
+                        idx = self.foramen_slice(s, point)
+                        px, py, dist = patient_to_pixel(s.slices[idx].geometry, point)
+                        x, y, d = float(px), float(py), abs(float(dist))
                     g = s.slices[idx].geometry
                     inside = 0 <= x < g.cols and 0 <= y < g.rows
                     if inside and (best is None or d < best[0]):
@@ -353,6 +503,7 @@ class Localizer:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "localizer.pt") as tmp:
             torch.save({"models": [m.state_dict() for m in self.models], "offsets": self.offsets,
+                        "slice_models": [m.state_dict() for m in self.slice_models],
                         "config": config_mod.to_dict(self.cfg)}, tmp)
 
     @classmethod
@@ -367,7 +518,12 @@ class Localizer:
             m = KeypointNet(3, N_LEVELS, cfg.width)
             m.load_state_dict(sd)
             models.append(m.eval())
-        return cls(models, payload["offsets"], cfg)
+        scorers = []
+        for sd in payload.get("slice_models", []):
+            m = SliceScorer(width=max(cfg.width, 8))
+            m.load_state_dict(sd)
+            scorers.append(m.eval())
+        return cls(models, payload["offsets"], cfg, scorers)
 
 
 def localize_study(localizer: Localizer, study_dir: Path, series: pd.DataFrame
@@ -421,7 +577,7 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
     if not points:
         raise DataError(f"{data_dir / schema.COORDS_CSV} has no usable coordinates to train the localiser")
     t0 = time.perf_counter()
-    models, evals = [], []
+    models, scorers, evals = [], [], []
     for fold in sorted(folds.fold.unique()):
         train_ids = set(folds[folds.fold != fold].study_id)
         tr = {s: p for s, p in points.items() if s in train_ids}
@@ -430,10 +586,15 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
         log.info("localizer fold %d: %d training slices, %d held-out studies", fold, len(samples), len(va))
         model = fit_keypoints(samples, cfg, device).cpu()
         models.append(model)
-        fold_loc = Localizer([model], learn_offsets(tr), cfg)
+        offsets = learn_offsets(tr)
+        scorer = fit_slice_scorer(foramen_samples(data_dir, tr, series, offsets), cfg, device) \
+            if cfg.slice_model else None
+        if scorer is not None:
+            scorers.append(scorer)
+        fold_loc = Localizer([model], offsets, cfg, [scorer] if scorer is not None else [])
         ev = evaluate(fold_loc, data_dir, va, series)
         evals.append(ev.assign(fold=int(fold)))
-    localizer = Localizer(models, learn_offsets(points), cfg)
+    localizer = Localizer(models, learn_offsets(points), cfg, scorers)
     localizer.save(out)
     oof = pd.concat(evals, ignore_index=True)
     write_csv(oof, out / "oof_points.csv")

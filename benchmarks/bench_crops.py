@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Crop preparation speed (studies/s): lsdc.crops.crop_study against a naive read-everything reference.
 
-The project's way (``crop_study``) reads every slice's header without pixels, sorts the series, and
-decodes only the slices the crops need (each point's slice and its neighbours). The naive reference,
+The project's way (``crop_study``) reads every slice's header without pixels (``lsdc.dicom``'s own
+reader walks the first kilobytes of an explicit VR little endian file; pydicom reads any other), sorts
+the series, and reads only the slices the crops need (each point's slice and its neighbours; native
+pixels straight from the offset the header found). The naive reference,
 implemented here, reads EVERY file of each requested series fully with ``pydicom.dcmread`` (pixels
 included), decodes all of them into an in-memory volume, sorts the slices by position, then cuts the
 very same crops with the very same ``crop_roi`` and intensity window. Both produce identical crops (the
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         body = "\n".join([
             "## Crop preparation (`bench_crops.py`)",
             "",
-            "`lsdc.crops.crop_study` (headers only, then only the needed slices decoded) against a naive "
+            "`lsdc.crops.crop_study` (headers only, read by `lsdc.dicom`'s own explicit-VR reader, then only "
+            "the needed slices, native pixels straight from their offset) against a naive "
             "reference in the benchmark (every file of each requested series read fully with "
             "`pydicom.dcmread` and decoded, sorted by position, same `crop_roi` and window). Crops are "
             "byte-identical on both sides; files come from the page cache; no PNG writing. Project target: "

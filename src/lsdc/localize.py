@@ -7,11 +7,12 @@ Two stages, trained from train_label_coordinates.csv with the shared folds:
 2. Foramen and subarticular points are the canal point of the level plus an offset learned in patient
    space (median over training studies, per condition and level), projected into the Sagittal T1 series
    and into every Axial T2 series: the nearest slice whose image contains the point, within a tolerance.
-3. The foramen's slice is then chosen by a small slice scorer: the parasagittal T1 slices within
-   ``slice_window_mm`` of the offset point compete (softmax over the candidates), each seen as a patch
-   around the point with its two neighbours. The canal's left-right position comes from one slice and
-   the foramina lie 18-22 mm to either side, so the offset point alone lands on a neighbouring slice
-   about half the time; the scorer looks for the foramen itself.
+3. Each point's slice is then chosen by a small slice scorer per condition group: the slices of the
+   target series within ``slice_window_mm`` of the point compete (softmax over the candidates), each
+   seen as a patch around the point with its two neighbours. The canal's left-right position comes from
+   one slice and the foramina lie about 20 mm to either side, and the level heights carry a few mm of
+   error into the axial stacks, so the nearest slice is a neighbour of the annotated one about half the
+   time; the scorer looks at the anatomy instead.
 
 The output is a list of :class:`lsdc.crops.CropRequest`, cropped by the very code that made the
 training crops.
@@ -37,7 +38,7 @@ from lsdc import schema
 from lsdc.crops import CropRequest
 from lsdc.dicom import Series, load_series
 from lsdc.errors import DataError
-from lsdc.geometry import patient_to_pixel, pixel_to_patient
+from lsdc.geometry import inside_image, patient_to_pixel, pixel_to_patient
 from lsdc.io import atomic_path, read_csv_checked, write_csv, write_json
 from lsdc.train import FoldConfig
 
@@ -56,7 +57,7 @@ class LocalizerConfig:
     lr: float = 2e-3
     augment: bool = True
     axial_tolerance_mm: float = 12.0   # farther than this from every axial slice: no subarticular crop
-    slice_model: bool = True           # learn which Sagittal T1 slice holds each foramen
+    slice_model: bool = True           # learn which slice holds each point (one scorer per group)
     slice_window_mm: float = 10.0      # candidates: T1 slices whose plane is this close to the offset point
     slice_patch_mm: float = 40.0       # side of the patch each candidate is seen through
     slice_patch_px: int = 48
@@ -109,8 +110,9 @@ class KeypointNet(nn.Module):
 
 
 class SliceScorer(nn.Module):
-    """(N, 3, P, P) patches (a slice and its two neighbours) -> (N,) score that the foramen is on the
-    middle slice; scores are compared across one point's candidate slices with a softmax."""
+    """(N, 3, P, P) patches (a slice and its two neighbours) -> (N,) score that the point's structure
+    (canal, foramen or recess) is on the middle slice; compared across one point's candidates with a
+    softmax."""
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
@@ -318,15 +320,15 @@ def fit_keypoints(samples: list, cfg: LocalizerConfig, device: torch.device) -> 
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- foramen slice choice
+# ----------------------------------------------------------------------------- slice choice
 
 
 def slice_candidates(series: Series, point: np.ndarray, window_mm: float) -> list[int]:
-    """Indices of the slices whose plane lies within ``window_mm`` of a patient point (at least the
-    nearest three), in slice order."""
+    """Indices of the slices whose plane lies within ``window_mm`` of a patient point (the nearest one
+    if none does), in slice order."""
     dist = np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
-    near = set(np.flatnonzero(dist <= window_mm).tolist()) | set(np.argsort(dist)[:3].tolist())
-    return sorted(near)
+    near = np.flatnonzero(dist <= window_mm)
+    return near.tolist() if len(near) else [int(np.argmin(dist))]
 
 
 def slice_patches(series: Series, candidates: list[int], point: np.ndarray, cfg: LocalizerConfig,
@@ -353,32 +355,36 @@ def series_window(series: Series, point: np.ndarray) -> tuple[float, float]:
     """The series' intensity window, from the slices nearest the point (as the crops use)."""
     from lsdc.crops import intensity_window
 
-    idx = slice_candidates(series, point, 0.0)
-    return intensity_window(series.images(idx), 1.0, 99.5)
+    dist = np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
+    return intensity_window(series.images(sorted(np.argsort(dist)[:3].tolist())), 1.0, 99.5)
+
+
+GROUPS = ("spinal", "foraminal", "subarticular")
 
 
 @dataclass
 class SliceSample:
-    """One annotated foramen: its T1 series, the offset point and the annotated slice index."""
+    """One annotated point: its series, the point the localiser would start from, the annotated slice."""
 
     series: Series
     point: np.ndarray
     target: int
 
 
-def foramen_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.DataFrame,
-                    offsets: dict[str, list[float]]) -> list[SliceSample]:
-    """Annotated foramina of the given studies, each with the point the localiser would start from:
-    the annotated canal point of its level plus the learned offset."""
+def slice_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.DataFrame,
+                  offsets: dict[str, list[float]], group: str) -> list[SliceSample]:
+    """Annotated points of one condition group, each from the point the localiser would start from: the
+    annotated canal point of its level, plus the learned offset outside the canal."""
+    desc = schema.CONDITION_INFO[schema.condition_for(group, "left" if group != "spinal" else None)].series
     samples = []
     for sid, sp in points.items():
-        rows = series[(series.study_id == sid) & (series.series_description == schema.SAG_T1)]
-        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), rows).get(schema.SAG_T1, [])
+        rows = series[(series.study_id == sid) & (series.series_description == desc)]
+        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), rows).get(desc, [])
         by_id = {int(s.series_id): s for s in found}
         for (cond, level), (series_id, instance) in sp.instances.items():
-            off = offsets.get(f"{cond}|{level}")
             canal = sp.canal[schema.LEVELS.index(level)]
-            if schema.CONDITION_INFO[cond].group != "foraminal" or off is None or np.isnan(canal).any() \
+            off = [0.0, 0.0, 0.0] if group == "spinal" else offsets.get(f"{cond}|{level}")
+            if schema.CONDITION_INFO[cond].group != group or off is None or np.isnan(canal).any() \
                     or series_id not in by_id:
                 continue
             s = by_id[series_id]
@@ -386,7 +392,8 @@ def foramen_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.D
     return samples
 
 
-def fit_slice_scorer(samples: list[SliceSample], cfg: LocalizerConfig, device: torch.device) -> SliceScorer | None:
+def fit_slice_scorer(samples: list[SliceSample], cfg: LocalizerConfig, device: torch.device,
+                     name: str = "slice scorer") -> SliceScorer | None:
     """Train the scorer: cross-entropy of the softmax over each point's candidates, annotated slice the
     target (points whose annotated slice is no candidate are left out). None without samples."""
     rng = np.random.default_rng(cfg.seed)
@@ -423,7 +430,7 @@ def fit_slice_scorer(samples: list[SliceSample], cfg: LocalizerConfig, device: t
             total += float(loss.detach()) * len(batch)
         sched.step()
         if epoch == 0 or (epoch + 1) % 10 == 0:
-            log.info("slice scorer epoch %d: loss %.4f (%d foramina)", epoch + 1, total / len(groups), len(groups))
+            log.info("%s epoch %d: loss %.4f (%d points)", name, epoch + 1, total / len(groups), len(groups))
     for smp, _, _ in groups:
         smp.series.clear_cache()
     return model.cpu().eval()
@@ -439,14 +446,15 @@ class Localizer:
     models: list[KeypointNet]
     offsets: dict[str, list[float]]
     cfg: LocalizerConfig
-    slice_models: list[SliceScorer] = field(default_factory=list)  # empty: the nearest slice is taken
+    # Per condition group, the fold scorers; a group without any takes the nearest slice.
+    slice_models: dict[str, list[SliceScorer]] = field(default_factory=dict)
 
     @torch.no_grad()
-    def foramen_slice(self, series: Series, point: np.ndarray) -> int:
-        """The candidate slice the scorers (averaged) rate highest for a foramen near ``point``."""
+    def pick_slice(self, group: str, series: Series, point: np.ndarray) -> int:
+        """The candidate slice the group's scorers (averaged) rate highest for a point."""
         cands = slice_candidates(series, point, self.cfg.slice_window_mm)
         x = torch.from_numpy(slice_patches(series, cands, point, self.cfg, series_window(series, point)))
-        scores = torch.stack([torch.log_softmax(m(x), 0) for m in self.slice_models]).mean(0)
+        scores = torch.stack([torch.log_softmax(m(x), 0) for m in self.slice_models[group]]).mean(0)
         return cands[int(scores.argmax())]
 
     @torch.no_grad()
@@ -482,13 +490,12 @@ class Localizer:
                 best = None
                 for s in targets:
                     idx, x, y, d = s.project(point)
-                    if info.group == "foraminal" and self.slice_models:
-                        idx = self.foramen_slice(s, point)
-                        px, py, dist = patient_to_pixel(s.slices[idx].geometry, point)
-                        x, y, d = float(px), float(py), abs(float(dist))
-                    g = s.slices[idx].geometry
-                    inside = 0 <= x < g.cols and 0 <= y < g.rows
-                    if inside and (best is None or d < best[0]):
+                    if self.slice_models.get(info.group):
+                        picked = self.pick_slice(info.group, s, point)
+                        px, py, dist = patient_to_pixel(s.slices[picked].geometry, point)
+                        if inside_image(s.slices[picked].geometry, float(px), float(py)):
+                            idx, x, y, d = picked, float(px), float(py), abs(float(dist))
+                    if inside_image(s.slices[idx].geometry, x, y) and (best is None or d < best[0]):
                         best = (d, s, idx, x, y)
                 if best is None:
                     continue
@@ -503,7 +510,7 @@ class Localizer:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "localizer.pt") as tmp:
             torch.save({"models": [m.state_dict() for m in self.models], "offsets": self.offsets,
-                        "slice_models": [m.state_dict() for m in self.slice_models],
+                        "slice_models": {g: [m.state_dict() for m in ms] for g, ms in self.slice_models.items()},
                         "config": config_mod.to_dict(self.cfg)}, tmp)
 
     @classmethod
@@ -518,11 +525,12 @@ class Localizer:
             m = KeypointNet(3, N_LEVELS, cfg.width)
             m.load_state_dict(sd)
             models.append(m.eval())
-        scorers = []
-        for sd in payload.get("slice_models", []):
-            m = SliceScorer(width=max(cfg.width, 8))
-            m.load_state_dict(sd)
-            scorers.append(m.eval())
+        scorers: dict[str, list[SliceScorer]] = {}
+        for group, states in payload.get("slice_models", {}).items():
+            for sd in states:
+                m = SliceScorer(width=max(cfg.width, 8))
+                m.load_state_dict(sd)
+                scorers.setdefault(group, []).append(m.eval())
         return cls(models, payload["offsets"], cfg, scorers)
 
 
@@ -577,7 +585,8 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
     if not points:
         raise DataError(f"{data_dir / schema.COORDS_CSV} has no usable coordinates to train the localiser")
     t0 = time.perf_counter()
-    models, scorers, evals = [], [], []
+    models, evals = [], []
+    scorers: dict[str, list[SliceScorer]] = {}
     for fold in sorted(folds.fold.unique()):
         train_ids = set(folds[folds.fold != fold].study_id)
         tr = {s: p for s, p in points.items() if s in train_ids}
@@ -587,11 +596,14 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
         model = fit_keypoints(samples, cfg, device).cpu()
         models.append(model)
         offsets = learn_offsets(tr)
-        scorer = fit_slice_scorer(foramen_samples(data_dir, tr, series, offsets), cfg, device) \
-            if cfg.slice_model else None
-        if scorer is not None:
-            scorers.append(scorer)
-        fold_loc = Localizer([model], offsets, cfg, [scorer] if scorer is not None else [])
+        fold_scorers = {}
+        for group in GROUPS if cfg.slice_model else ():
+            scorer = fit_slice_scorer(slice_samples(data_dir, tr, series, offsets, group), cfg, device,
+                                      f"{group} slice scorer")
+            if scorer is not None:
+                fold_scorers[group] = [scorer]
+                scorers.setdefault(group, []).append(scorer)
+        fold_loc = Localizer([model], offsets, cfg, fold_scorers)
         ev = evaluate(fold_loc, data_dir, va, series)
         evals.append(ev.assign(fold=int(fold)))
     localizer = Localizer(models, learn_offsets(points), cfg, scorers)

@@ -41,12 +41,14 @@ def test_localisation_error_on_held_out_studies(smoke_localizer):
 
 def test_slice_scorers_find_the_annotated_slice(smoke_localizer):
     """Held out, the slice scorers pick the annotated slice far more often than the nearest-slice rule
-    they replace, which was right for about 0.5 of the canal and foramen points and 0.34 of the recess
-    points (pipeline smoke set). With the scorers this fixture measured 0.89, 0.92 and 0.66."""
+    they replace, which was right for about 0.45 of the foramen points and 0.34 of the recess points
+    (pipeline smoke set). With the scorers this fixture measured 0.92 and 0.66."""
     per = smoke_localizer["metrics"]["per_condition"]
-    floor = {"spinal": 0.7, "foraminal": 0.75, "subarticular": 0.5}
+    floor = {"foraminal": 0.75, "subarticular": 0.5}
     for cond in schema.CONDITIONS:
-        assert per[cond]["slice_accuracy"] > floor[schema.CONDITION_INFO[cond].group], (cond, per[cond])
+        group = schema.CONDITION_INFO[cond].group
+        if group in floor:
+            assert per[cond]["slice_accuracy"] > floor[group], (cond, per[cond])
 
 
 def test_slice_candidates_are_the_planes_within_the_window():

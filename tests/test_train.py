@@ -68,6 +68,20 @@ def test_left_right_labels_follow_the_image(tmp_path):
         assert c == COND_INDEX[cond] and x[0, :, 0].mean() > x[0, :, -1].mean()
 
 
+def test_augmentation_is_seeded(tmp_path):
+    """Same seed, same augmented crops (albumentations' own generator included); another seed differs."""
+    table = _asymmetric_table(tmp_path)
+    tcfg = TrainConfig(augment=True)
+
+    def items(seed: int) -> list[np.ndarray]:
+        ds = CropDataset(table, 3, np.zeros(3), np.ones(3), tcfg, size=32, seed=seed)
+        return [ds[i][0].numpy() for i in range(len(ds))]
+
+    a, b, c = items(3), items(3), items(4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+
+
 def test_select_logits_and_weighted_ce():
     logits = torch.arange(30.0).view(2, 15)
     out = select_logits(logits, torch.tensor([0, 4]), 3)

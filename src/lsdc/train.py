@@ -156,6 +156,7 @@ class CropDataset(Dataset):
             t = int(round(tcfg.translate_px * size / 224))
             self.affine = A.Affine(scale=tuple(tcfg.scale), translate_px={"x": (-t, t), "y": (-t, t)},
                                    rotate=(-tcfg.rotate_deg, tcfg.rotate_deg), border_mode=0, fill=0, p=1.0)
+            self.affine.set_random_seed(seed)  # albumentations draws from its own generator: seed it too
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -196,6 +197,8 @@ def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None:
         info.dataset.rng = np.random.default_rng(info.seed % 2**32)
+        if info.dataset.affine is not None:
+            info.dataset.affine.set_random_seed(info.seed % 2**32)
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:

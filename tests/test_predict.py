@@ -16,7 +16,7 @@ from lsdc.folds import load_train_labels
 from lsdc.geometry import SliceGeometry
 from lsdc.localize import SliceScorer, heatmap_loss, slice_candidates
 from lsdc.metric import score, validate_submission
-from lsdc.predict import PredictConfig, predict
+from lsdc.predict import PredictConfig, pack, predict
 from lsdc.train import prior_probabilities, prior_submission
 
 
@@ -94,6 +94,16 @@ def test_submission_matches_sample_row_for_row(smoke_run, submission):
     probs = written[list(schema.SEVERITY_COLUMNS)].to_numpy()
     assert np.isfinite(probs).all() and (probs >= 0).all()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_packed_weights_predict_the_same_without_settings(smoke_run, smoke_localizer, submission, tmp_path):
+    """A Kaggle pack predicts offline with the default settings (the localiser's name comes from its
+    manifest) and gives the same submission as the weights it was packed from."""
+    path, _ = submission
+    packed = pack(smoke_run["out"], tmp_path / "pack", PredictConfig(localizer=smoke_localizer["name"]))
+    assert (packed / smoke_localizer["name"] / "localizer.pt").is_file()
+    again = predict(smoke_run["data"], packed, tmp_path / "s.csv", PredictConfig(), progress=False)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), pd.read_csv(path), check_exact=False, atol=1e-6)
 
 
 def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):

@@ -108,6 +108,18 @@ def submission_row_ids(data_dir: Path) -> list[str]:
     return [r for s in ids for r in schema.study_row_ids(int(s))]
 
 
+def localizer_folder(weights_dir: Path, name: str) -> Path:
+    """The localiser's folder: ``name`` under the weights dir, or, in a pack made by :func:`pack` that
+    holds no such folder, the localiser its manifest names (so a packed smoke run needs no --set)."""
+    folder, manifest = weights_dir / name, weights_dir / "manifest.json"
+    if not folder.is_dir() and manifest.is_file():
+        packed = json.loads(manifest.read_text()).get("localizer")
+        if packed and (weights_dir / packed).is_dir():
+            log.info("localiser %r not in %s; using %r from its manifest", name, weights_dir, packed)
+            return weights_dir / packed
+    return folder
+
+
 def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path, cfg: PredictConfig,
             progress: bool = True) -> pd.DataFrame:
     """Write the submission for every test study; returns it."""
@@ -128,7 +140,7 @@ def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path,
     model_sets = {n: load_experiment(f, device) for n, f in folders.items()}
     if spec is None or set(names) - set(spec.models):
         spec = _equal_spec(names)
-    localizer = Localizer.load(weights_dir / cfg.localizer)
+    localizer = Localizer.load(localizer_folder(weights_dir, cfg.localizer))
     prior = load_prior(weights_dir, [f.name for f in folders.values()])
     row_ids = submission_row_ids(data_dir)
     series = series_table(data_dir, "test")

@@ -274,6 +274,21 @@ def test_discovery_and_kinds(tmp_path, two_models, labels):
         build_ensemble(out, labels, EnsembleConfig(experiments=["nope"]))
 
 
+def test_ensemble_on_another_oof_file(tmp_path, two_models, labels):
+    """oof_file=oof_localized.csv: fitted on those files, its table beside (not over) oof_table.*."""
+    out = tmp_path / "outputs"
+    _write_experiment(out, "a", two_models["a"], {"name": "attention"})
+    _write_experiment(out, "b", two_models["b"], {"name": "resnet101"})
+    two_models["b"].to_csv(out / "a" / "oof_localized.csv", index=False)  # a's localised OOF = b's
+    two_models["b"].to_csv(out / "b" / "oof_localized.csv", index=False)
+    table, spec = build_ensemble(out, labels, EnsembleConfig(oof_file="oof_localized.csv"))
+    assert (out / "oof_localized_table.md").is_file() and not (out / TABLE_MD).exists()
+    scores = table.set_index("model").score
+    assert scores["a"] == pytest.approx(scores["b"])  # both judged on b's predictions
+    with pytest.raises(ConfigError, match="oof_file"):
+        build_ensemble(out, labels, EnsembleConfig(oof_file="../x.csv"))
+
+
 def test_script_writes_table_and_spec(tmp_path, two_models, labels):
     data, out = tmp_path / "data", tmp_path / "outputs"
     data.mkdir()

@@ -15,8 +15,8 @@ from lsdc.ensemble import EnsembleConfig, build_ensemble
 from lsdc.folds import load_train_labels
 from lsdc.geometry import SliceGeometry
 from lsdc.localize import SliceScorer, heatmap_loss, slice_candidates
-from lsdc.metric import score, validate_submission
-from lsdc.predict import PredictConfig, pack, predict
+from lsdc.metric import score, solution_from_labels, validate_submission
+from lsdc.predict import PredictConfig, localized_oof, pack, predict
 from lsdc.train import prior_probabilities, prior_submission
 
 
@@ -113,6 +113,28 @@ def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):
     prior = prior_submission(sub.row_id.tolist(), prior_probabilities(load_train_labels(smoke_run["data"])))
     ours, base = score(solution, sub)["score"], score(solution, prior)["score"]
     assert ours < base - 0.1, (ours, base)
+
+
+def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, submission, tmp_path):
+    """Localised OOF: the annotated column is the experiment's own OOF score on the same studies, the
+    localised one comes from held-out localiser points and still beats the class prior clearly."""
+    name = smoke_run["cfg"].experiment
+    table = localized_oof(smoke_run["data"], smoke_run["out"], PredictConfig(localizer=smoke_localizer["name"]),
+                          tmp_path / "localized_oof.csv", progress=False).set_index("model")
+    assert set(table.index) == {name, "ensemble"}
+    points = pd.read_csv(smoke_run["out"] / smoke_localizer["name"] / "oof_points.csv")
+    labels = load_train_labels(smoke_run["data"])
+    labels = labels[labels.study_id.isin(points.study_id.unique())]
+    solution = solution_from_labels(labels)
+    oof = pd.read_csv(smoke_run["out"] / name / "oof.csv")
+    assert table.loc[name, "annotated_score"] == pytest.approx(score(solution, oof)["score"], abs=1e-9)
+    written = pd.read_csv(tmp_path / "localized_oof.csv")
+    assert len(written) == 25 * labels.study_id.nunique()
+    assert table.loc["ensemble", "localised_score"] == pytest.approx(score(solution, written)["score"], abs=1e-9)
+    prior = prior_submission(written.row_id.tolist(), prior_probabilities(load_train_labels(smoke_run["data"])))
+    assert table.loc[name, "localised_score"] < score(solution, prior)["score"] - 0.1, table.loc[name]
+    own = pd.read_csv(smoke_run["out"] / name / "oof_localized.csv")  # what 04_ensemble can fit on
+    assert table.loc[name, "localised_score"] == pytest.approx(score(solution, own)["score"], abs=1e-9)
 
 
 def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, tmp_path, caplog):

@@ -82,12 +82,17 @@ class EnsembleConfig:
     experiments: list[str] | None = None   # experiment folders to blend; None: every one with an oof.csv
     temperature: bool = True               # fit one temperature per group (False: T = 1)
     min_weight: float = 1e-3               # fitted weights below this become 0 (then renormalised)
+    # The OOF each experiment is fitted on: oof.csv (crops at annotated points) or oof_localized.csv
+    # (crops at held-out localiser points, from scripts/07_localized_oof.py: what test rows see).
+    oof_file: str = OOF_CSV
 
     def check(self) -> None:
         if not 0.0 <= self.min_weight < 0.5:
             raise ConfigError(f"config key 'min_weight': {self.min_weight} is not in [0, 0.5)")
         if self.experiments is not None and not self.experiments:
             raise ConfigError("config key 'experiments': the list is empty")
+        if not self.oof_file.endswith(".csv") or "/" in self.oof_file:
+            raise ConfigError(f"config key 'oof_file': {self.oof_file!r} is not a CSV file name")
 
 
 @dataclass
@@ -113,8 +118,8 @@ class EnsembleSpec:
 # ----------------------------------------------------------------------------- experiments and OOF frames
 
 
-def discover_experiments(output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Experiment name -> path of its ``oof.csv``, for every ``output_dir/<name>/oof.csv`` (sorted by name).
+def discover_experiments(output_dir: str | os.PathLike, oof_file: str = OOF_CSV) -> dict[str, Path]:
+    """Experiment name -> path of its ``oof_file``, for every ``output_dir/<name>/<oof_file>`` (sorted by name).
 
     Folders without one (crops, logs, paper-task or unfinished experiments) are skipped and logged.
     """
@@ -124,13 +129,13 @@ def discover_experiments(output_dir: str | os.PathLike) -> dict[str, Path]:
     found: dict[str, Path] = {}
     skipped: list[str] = []
     for sub in sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        oof = sub / OOF_CSV
+        oof = sub / oof_file
         if oof.is_file():
             found[sub.name] = oof
         else:
             skipped.append(sub.name)
     if skipped:
-        log.info("skipped %d folder(s) without %s in %s: %s", len(skipped), OOF_CSV, output_dir, ", ".join(skipped))
+        log.info("skipped %d folder(s) without %s in %s: %s", len(skipped), oof_file, output_dir, ", ".join(skipped))
     log.info("found %d experiment(s) in %s: %s", len(found), output_dir, ", ".join(found) or "none")
     return found
 
@@ -660,24 +665,36 @@ def table_markdown(table: pd.DataFrame) -> str:
 def build_ensemble(
     output_dir: str | os.PathLike, train_labels: pd.DataFrame, cfg: EnsembleConfig | None = None,
 ) -> tuple[pd.DataFrame, EnsembleSpec]:
-    """Discover experiments, fit the ensemble, write oof_table.csv/.md and ensemble.json into ``output_dir``."""
+    """Discover experiments, fit the ensemble, write its table (see :func:`table_names`) and ensemble.json
+    into ``output_dir``."""
     cfg = cfg or EnsembleConfig()
     cfg.check()
     output_dir = Path(output_dir)
-    found = discover_experiments(output_dir)
+    found = discover_experiments(output_dir, cfg.oof_file)
     if not found:
-        raise DataError(f"{output_dir}: no experiment folder holds an {OOF_CSV}; run scripts/02_train.py first")
+        hint = "scripts/02_train.py" if cfg.oof_file == OOF_CSV else "scripts/07_localized_oof.py"
+        raise DataError(f"{output_dir}: no experiment folder holds an {cfg.oof_file}; run {hint} first")
     names = list(cfg.experiments) if cfg.experiments is not None else list(found)
     unknown = [n for n in names if n not in found]
     if unknown:
-        raise ConfigError(f"experiment(s) {unknown} have no {OOF_CSV} in {output_dir}; found: {list(found)}")
+        raise ConfigError(f"experiment(s) {unknown} have no {cfg.oof_file} in {output_dir}; found: {list(found)}")
     oofs = align_oofs({n: read_oof(found[n]) for n in names})
     kinds = {n: experiment_kind(found[n].parent) for n in names}
     spec = fit_ensemble(oofs, train_labels, temperature=cfg.temperature, min_weight=cfg.min_weight,
                         kinds=kinds, experiments={n: found[n].parent.name for n in names})
     table = comparison_table(oofs, train_labels, ensemble=apply_ensemble(spec, oofs), kinds=kinds)
-    write_csv(table, output_dir / TABLE_CSV)
-    write_text(output_dir / TABLE_MD, table_markdown(table))
+    table_csv, table_md = table_names(cfg.oof_file)
+    write_csv(table, output_dir / table_csv)
+    write_text(output_dir / table_md, table_markdown(table))
     save_ensemble(spec, output_dir / SPEC_JSON)
-    log.info("wrote %s, %s and %s in %s", TABLE_CSV, TABLE_MD, SPEC_JSON, output_dir)
+    log.info("wrote %s, %s and %s in %s", table_csv, table_md, SPEC_JSON, output_dir)
     return table, spec
+
+
+def table_names(oof_file: str) -> tuple[str, str]:
+    """The comparison table's CSV and markdown names for an OOF file: oof_table.* for oof.csv,
+    oof_localized_table.* for oof_localized.csv, so both tables can sit side by side."""
+    if oof_file == OOF_CSV:
+        return TABLE_CSV, TABLE_MD
+    stem = Path(oof_file).stem
+    return f"{stem}_table.csv", f"{stem}_table.md"

@@ -45,6 +45,11 @@ from lsdc.train import FoldConfig
 
 log = logging.getLogger(__name__)
 SPINAL = schema.condition_for("spinal")
+OOF_POINTS_CSV = "oof_points.csv"
+# Per held-out annotated point: the error, and the crop request the localiser made for it (empty when it
+# placed none), so that lsdc.predict.localized_oof can classify exactly these crops.
+OOF_POINT_COLUMNS = ("study_id", "condition", "level", "error_mm", "slice_correct", "series_id", "instance_number",
+                     "x", "y")
 N_LEVELS = len(schema.LEVELS)
 
 
@@ -566,11 +571,12 @@ def evaluate(localizer: Localizer, data_dir: Path, points: dict[int, StudyPoints
             true_series, true_inst = sp.instances[key]
             rows.append({"study_id": sid, "condition": r.condition, "level": r.level,
                          "error_mm": float(np.linalg.norm(pred - sp.points[key])),
-                         "slice_correct": bool(r.series_id == true_series and r.instance_number == true_inst)})
+                         "slice_correct": bool(r.series_id == true_series and r.instance_number == true_inst),
+                         "series_id": r.series_id, "instance_number": r.instance_number, "x": r.x, "y": r.y})
         for key in set(sp.points) - {(r.condition, r.level) for r in requests}:
             rows.append({"study_id": sid, "condition": key[0], "level": key[1], "error_mm": np.nan,
                          "slice_correct": False})
-    return pd.DataFrame(rows, columns=["study_id", "condition", "level", "error_mm", "slice_correct"])
+    return pd.DataFrame(rows, columns=list(OOF_POINT_COLUMNS))
 
 
 def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
@@ -617,7 +623,7 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
     localizer = Localizer(models, learn_offsets(points), cfg, scorers)
     localizer.save(out)
     oof = pd.concat(evals, ignore_index=True)
-    write_csv(oof, out / "oof_points.csv")
+    write_csv(oof, out / OOF_POINTS_CSV)
     metrics = {"train_seconds": time.perf_counter() - t0, "n_points": int(len(oof)),
                "median_error_mm": float(oof.error_mm.median()), "per_condition": {}}
     for cond, g in oof.groupby("condition"):

@@ -8,6 +8,7 @@ the study and the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -20,12 +21,13 @@ import pandas as pd
 import torch
 
 from lsdc import schema
-from lsdc.crops import CropConfig, crop_study
+from lsdc.crops import CropConfig, CropRequest, crop_study
 from lsdc.errors import DataError
-from lsdc.io import write_csv
+from lsdc.io import read_csv_checked, write_csv
 from lsdc.train import COND_INDEX, PRIOR_JSON, load_checkpoint, resolve_device, select_logits
 
 log = logging.getLogger(__name__)
+LOCALIZED_OOF_CSV = "oof_localized.csv"
 
 
 @dataclass
@@ -49,22 +51,25 @@ class ModelSet:
     crops: CropConfig
     mean: np.ndarray
     std: np.ndarray
+    folds: list[int] = field(default_factory=list)  # the fold each model was trained for (held it out)
+    n_folds: int = 0                                 # of the folds_<k>.csv it was trained on
 
 
 def load_experiment(folder: Path, device: torch.device) -> ModelSet:
     ckpts = sorted(folder.glob("fold*/best.pt"))
     if not ckpts:
         raise DataError(f"experiment {folder} has no fold*/best.pt checkpoint")
-    models, meta = [], None
+    models, folds, meta = [], [], None
     for c in ckpts:
         m, meta = load_checkpoint(c, device)
         models.append(m)
+        folds.append(int(meta.get("fold", c.parent.name.removeprefix("fold"))))
     assert meta is not None
     cfg = meta["experiment_config"]
     if cfg.n_classes != 3:
         raise DataError(f"experiment {folder} was trained on the paper task; only competition models predict")
     return ModelSet(folder.name, models, cfg.crops, np.asarray(meta["mean"], np.float32),
-                    np.asarray(meta["std"], np.float32))
+                    np.asarray(meta["std"], np.float32), folds, int(cfg.folds.n_folds))
 
 
 @torch.no_grad()
@@ -189,6 +194,89 @@ def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path,
     return sub
 
 
+def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictConfig,
+                  out_path: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Out-of-fold scores from localised points instead of annotated ones: what the test rows will see.
+
+    The localiser's held-out requests (``oof_points.csv``: each training study placed by the fold model
+    that did not see it) are cropped like test studies and classified by each experiment's model of the
+    same fold, then blended by the ensemble. Needs the localiser and the experiments on the same folds.
+    Rows the localiser placed no crop for get the training prior, as at test time. Each experiment's
+    localised OOF is written to ``<experiment>/oof_localized.csv`` (04_ensemble.py can fit on it with
+    ``--set oof_file=oof_localized.csv``). Returns one row per model (and the ensemble) with the official
+    score and its parts, localised and annotated side by side.
+    """
+    from lsdc.ensemble import EnsembleSpec, apply_ensemble, load_ensemble
+    from lsdc.folds import load_folds, load_train_labels
+    from lsdc.localize import OOF_POINTS_CSV
+    from lsdc.metric import score, solution_from_labels
+
+    data_dir, weights_dir = Path(data_dir), Path(weights_dir)
+    device = resolve_device(cfg.device)
+    points_path = localizer_folder(weights_dir, cfg.localizer) / OOF_POINTS_CSV
+    points = read_csv_checked(points_path, ["study_id", "condition", "level", "series_id", "instance_number",
+                                            "x", "y", "fold"], "retrain the localiser with this version")
+    spec_path = weights_dir / cfg.ensemble
+    spec: EnsembleSpec | None = load_ensemble(spec_path) if spec_path.is_file() else None
+    names = cfg.experiments or (spec.models if spec else [])
+    if not names:
+        raise DataError(f"{spec_path} not found and no experiments given")
+    if spec is None or set(names) - set(spec.models):
+        spec = _equal_spec(names)
+    folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
+    fold_of = points.drop_duplicates("study_id").set_index("study_id").fold
+    model_sets = {n: load_experiment(folder, device) for n, folder in folders.items()}
+    for n, ms in model_sets.items():
+        split = load_folds(weights_dir, ms.n_folds).set_index("study_id").fold.reindex(fold_of.index)
+        if split.isna().any() or not (split.to_numpy() == fold_of.to_numpy()).all():
+            raise DataError(f"{n} was trained on other folds than the localiser ({ms.n_folds} folds); localised "
+                            "OOF needs both on the same folds_<k>.csv")
+    prior = load_prior(weights_dir, [f.name for f in folders.values()])
+    placed = points.dropna(subset=["series_id"])
+    per_model: dict[str, list[dict]] = {n: [] for n in names}
+    studies = fold_of.index.tolist()
+    it = studies
+    if progress:
+        from lsdc.cli import progress as bar
+
+        it = bar(studies, desc="localised oof", unit="study")
+    for sid in it:
+        fold = int(fold_of[sid])
+        requests = [CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y))
+                    for r in placed[placed.study_id == sid].itertuples(index=False)]
+        study_dir = data_dir / schema.TRAIN_IMAGES / str(sid)
+        for n, ms in model_sets.items():
+            if fold not in ms.folds:
+                continue
+            _, crops = crop_study(study_dir, requests, ms.crops, None)
+            one = dataclasses.replace(ms, models=[ms.models[ms.folds.index(fold)]])
+            for (cond, level), p in classify(one, crops, device, cfg.tta, cfg.batch_size).items():
+                per_model[n].append({"row_id": schema.row_id(sid, cond, level),
+                                     **dict(zip(schema.SEVERITY_COLUMNS, p.tolist()))})
+    row_ids = [r for sid in studies for r in schema.study_row_ids(int(sid))]
+    frames = {n: pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS)) for n, rows in per_model.items()}
+    labels = load_train_labels(data_dir)
+    solution = solution_from_labels(labels[labels.study_id.isin(studies)])
+    subs = {n: _fill_with_prior(row_ids, f, prior) for n, f in frames.items()}
+    for n, sub in subs.items():
+        write_csv(sub, folders[n] / LOCALIZED_OOF_CSV)
+    subs["ensemble"] = _fill_with_prior(row_ids, apply_ensemble(spec, {n: f for n, f in frames.items() if len(f)}),
+                                        prior)
+    annotated = {n: read_csv_checked(folders[n] / "oof.csv", list(schema.SUBMISSION_COLUMNS)) for n in names}
+    annotated["ensemble"] = apply_ensemble(spec, annotated)
+    rows = []
+    for n, sub in subs.items():
+        loc = score(solution, sub)
+        ann = score(solution, _fill_with_prior(row_ids, annotated[n], prior))
+        rows.append({"model": n, **{f"localised_{k}": v for k, v in loc.items()},
+                     **{f"annotated_{k}": v for k, v in ann.items()}})
+    table = pd.DataFrame(rows)
+    if out_path is not None:
+        write_csv(subs["ensemble"], out_path)
+        write_csv(table, Path(out_path).with_name("localized_oof_scores.csv"))
+    return table
+
+
 def _equal_spec(names: list[str]) -> Any:
     from lsdc.ensemble import EnsembleSpec
 
@@ -203,7 +291,7 @@ def _fill_with_prior(row_ids: list[str], blended: pd.DataFrame, prior: dict[str,
     vals = blended.set_index("row_id")[cols] if len(blended) else pd.DataFrame(columns=cols)
     vals = vals.reindex(row_ids)
     fallback = np.array([prior[schema.group_of_column(r.split("_", 1)[1])] for r in row_ids])
-    arr = vals.to_numpy(dtype=float)
+    arr = vals.to_numpy(dtype=float, copy=True)
     bad = ~np.isfinite(arr).all(1)
     arr[bad] = fallback[bad]
     arr = np.clip(arr, 1e-7, None)

@@ -561,7 +561,8 @@ def generate_study(args: tuple[int, int, bool, SyntheticConfig, str]) -> StudyRe
         drop = schema.SAG_T1 if rng.random() < 0.5 else schema.SAG_T2
         plans = [p for p in plans if p.description != drop]
 
-    volumes = {c: contrast_volume(vol, c, rng) for c in {p.contrast for p in plans}}
+    # Sorted: a set of strings iterates in an order that changes from process to process (hash seed).
+    volumes = {c: contrast_volume(vol, c, rng) for c in sorted({p.contrast for p in plans})}
     scale = float(rng.uniform(400, 3500))
     with_spacing_tags = not (is_test and rng.random() < 0.3)
     rescale = rng.random() < 0.4

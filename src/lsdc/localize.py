@@ -332,10 +332,15 @@ def fit_keypoints(samples: list, cfg: LocalizerConfig, device: torch.device) -> 
 # ----------------------------------------------------------------------------- slice choice
 
 
+def plane_distances(series: Series, point: np.ndarray) -> np.ndarray:
+    """(n,) distance in mm of a patient point from each slice's plane."""
+    return np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
+
+
 def slice_candidates(series: Series, point: np.ndarray, window_mm: float) -> list[int]:
     """Indices of the slices whose plane lies within ``window_mm`` of a patient point (the nearest one
     if none does), in slice order."""
-    dist = np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
+    dist = plane_distances(series, point)
     near = np.flatnonzero(dist <= window_mm)
     return near.tolist() if len(near) else [int(np.argmin(dist))]
 
@@ -364,8 +369,8 @@ def series_window(series: Series, point: np.ndarray) -> tuple[float, float]:
     """The series' intensity window, from the slices nearest the point (as the crops use)."""
     from lsdc.crops import intensity_window
 
-    dist = np.array([abs(float(patient_to_pixel(g, point)[2])) for g in series.geometries()])
-    return intensity_window(series.images(sorted(np.argsort(dist)[:3].tolist())), 1.0, 99.5)
+    nearest = np.argsort(plane_distances(series, point))[:3]
+    return intensity_window(series.images(sorted(nearest.tolist())), 1.0, 99.5)
 
 
 GROUPS = ("spinal", "foraminal", "subarticular")

@@ -128,23 +128,15 @@ def localizer_folder(weights_dir: Path, name: str) -> Path:
 def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path, cfg: PredictConfig,
             progress: bool = True) -> pd.DataFrame:
     """Write the submission for every test study; returns it."""
-    from lsdc.ensemble import EnsembleSpec, apply_ensemble, load_ensemble
+    from lsdc.ensemble import apply_ensemble
     from lsdc.localize import Localizer, load_study_series, series_table
     from lsdc.metric import validate_submission
 
     data_dir, weights_dir = Path(data_dir), Path(weights_dir)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    spec_path = weights_dir / cfg.ensemble
-    spec: EnsembleSpec | None = load_ensemble(spec_path) if spec_path.is_file() else None
-    names = cfg.experiments or (spec.models if spec else [])
-    if not names:
-        raise DataError(f"{spec_path} not found and no experiments given: run scripts/04_ensemble.py "
-                        "or pass --set experiments=[name]")
-    folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
-    model_sets = {n: load_experiment(f, device) for n, f in folders.items()}
-    if spec is None or set(names) - set(spec.models):
-        spec = _equal_spec(names)
+    spec, folders, model_sets = _load_models(weights_dir, cfg, device)
+    names = list(model_sets)
     localizer = Localizer.load(localizer_folder(weights_dir, cfg.localizer))
     prior = load_prior(weights_dir, [f.name for f in folders.values()])
     row_ids = submission_row_ids(data_dir)
@@ -152,23 +144,15 @@ def predict(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path,
     studies = list(dict.fromkeys(schema.parse_row_id(r)[0] for r in row_ids))
     per_model: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     report: list[dict[str, Any]] = []
-    it = studies
-    if progress:
-        from lsdc.cli import progress as bar
-
-        it = bar(studies, desc="predict", unit="study")
-    for sid in it:
+    for sid in _bar(studies, "predict", progress):
         study_dir = data_dir / schema.TEST_IMAGES / str(sid)
         try:
             found = load_study_series(study_dir, series[series.study_id == sid])
             requests, _ = localizer.locate(found)
             cache = {int(s.series_id): s for lst in found.values() for s in lst}
-            by_crop_cfg: dict[str, dict] = {}
+            crops = _crops_per_model(study_dir, requests, model_sets, cache)
             for name, ms in model_sets.items():
-                key = ms.crops.dirname + repr(ms.crops)
-                if key not in by_crop_cfg:
-                    _, by_crop_cfg[key] = crop_study(study_dir, requests, ms.crops, None, series_cache=cache)
-                probs = classify(ms, by_crop_cfg[key], device, cfg.tta, cfg.batch_size)
+                probs = classify(ms, crops[name], device, cfg.tta, cfg.batch_size)
                 for (cond, level), p in probs.items():
                     per_model[name].append({"row_id": schema.row_id(sid, cond, level),
                                             **dict(zip(schema.SEVERITY_COLUMNS, p.tolist()))})
@@ -206,7 +190,7 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     ``--set oof_file=oof_localized.csv``). Returns one row per model (and the ensemble) with the official
     score and its parts, localised and annotated side by side.
     """
-    from lsdc.ensemble import EnsembleSpec, apply_ensemble, load_ensemble
+    from lsdc.ensemble import apply_ensemble
     from lsdc.folds import load_folds, load_train_labels
     from lsdc.localize import OOF_POINTS_CSV
     from lsdc.metric import score, solution_from_labels
@@ -216,41 +200,30 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     points_path = localizer_folder(weights_dir, cfg.localizer) / OOF_POINTS_CSV
     points = read_csv_checked(points_path, ["study_id", "condition", "level", "series_id", "instance_number",
                                             "x", "y", "fold"], "retrain the localiser with this version")
-    spec_path = weights_dir / cfg.ensemble
-    spec: EnsembleSpec | None = load_ensemble(spec_path) if spec_path.is_file() else None
-    names = cfg.experiments or (spec.models if spec else [])
-    if not names:
-        raise DataError(f"{spec_path} not found and no experiments given")
-    if spec is None or set(names) - set(spec.models):
-        spec = _equal_spec(names)
-    folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
+    spec, folders, model_sets = _load_models(weights_dir, cfg, device)
+    names = list(model_sets)
     fold_of = points.drop_duplicates("study_id").set_index("study_id").fold
-    model_sets = {n: load_experiment(folder, device) for n, folder in folders.items()}
     for n, ms in model_sets.items():
         split = load_folds(weights_dir, ms.n_folds).set_index("study_id").fold.reindex(fold_of.index)
         if split.isna().any() or not (split.to_numpy() == fold_of.to_numpy()).all():
             raise DataError(f"{n} was trained on other folds than the localiser ({ms.n_folds} folds); localised "
                             "OOF needs both on the same folds_<k>.csv")
     prior = load_prior(weights_dir, [f.name for f in folders.values()])
-    placed = points.dropna(subset=["series_id"])
+    requests_of: dict[int, list[CropRequest]] = {}
+    for r in points.dropna(subset=["series_id"]).itertuples(index=False):
+        requests_of.setdefault(int(r.study_id), []).append(
+            CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y)))
     per_model: dict[str, list[dict]] = {n: [] for n in names}
     studies = fold_of.index.tolist()
-    it = studies
-    if progress:
-        from lsdc.cli import progress as bar
-
-        it = bar(studies, desc="localised oof", unit="study")
-    for sid in it:
+    for sid in _bar(studies, "localised oof", progress):
         fold = int(fold_of[sid])
-        requests = [CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y))
-                    for r in placed[placed.study_id == sid].itertuples(index=False)]
         study_dir = data_dir / schema.TRAIN_IMAGES / str(sid)
+        crops = _crops_per_model(study_dir, requests_of.get(int(sid), []), model_sets, None)
         for n, ms in model_sets.items():
             if fold not in ms.folds:
                 continue
-            _, crops = crop_study(study_dir, requests, ms.crops, None)
             one = dataclasses.replace(ms, models=[ms.models[ms.folds.index(fold)]])
-            for (cond, level), p in classify(one, crops, device, cfg.tta, cfg.batch_size).items():
+            for (cond, level), p in classify(one, crops[n], device, cfg.tta, cfg.batch_size).items():
                 per_model[n].append({"row_id": schema.row_id(sid, cond, level),
                                      **dict(zip(schema.SEVERITY_COLUMNS, p.tolist()))})
     row_ids = [r for sid in studies for r in schema.study_row_ids(int(sid))]
@@ -275,6 +248,46 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
         write_csv(subs["ensemble"], out_path)
         write_csv(table, Path(out_path).with_name("localized_oof_scores.csv"))
     return table
+
+
+def _load_models(weights_dir: Path, cfg: PredictConfig, device: torch.device
+                 ) -> tuple[Any, dict[str, Path], dict[str, ModelSet]]:
+    """The ensemble spec (equal weights when there is none or it lacks a model), and per experiment its
+    folder and fold models, in the spec's (or ``cfg.experiments``') order."""
+    from lsdc.ensemble import load_ensemble
+
+    spec_path = weights_dir / cfg.ensemble
+    spec = load_ensemble(spec_path) if spec_path.is_file() else None
+    names = cfg.experiments or (spec.models if spec else [])
+    if not names:
+        raise DataError(f"{spec_path} not found and no experiments given: run scripts/04_ensemble.py "
+                        "or pass --set experiments=[name]")
+    folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
+    model_sets = {n: load_experiment(f, device) for n, f in folders.items()}
+    if spec is None or set(names) - set(spec.models):
+        spec = _equal_spec(names)
+    return spec, folders, model_sets
+
+
+def _crops_per_model(study_dir: Path, requests: list[CropRequest], model_sets: dict[str, ModelSet],
+                     series_cache: dict[int, Any] | None) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+    """Each model's crops of a study, cut once per distinct crop setting (series read once when cached)."""
+    by_setting: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+    out = {}
+    for name, ms in model_sets.items():
+        key = repr(ms.crops)
+        if key not in by_setting:
+            _, by_setting[key] = crop_study(study_dir, requests, ms.crops, None, series_cache=series_cache)
+        out[name] = by_setting[key]
+    return out
+
+
+def _bar(items: list, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return items
+    from lsdc.cli import progress
+
+    return progress(items, desc=desc, unit="study")
 
 
 def _equal_spec(names: list[str]) -> Any:

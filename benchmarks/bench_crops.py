@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """Crop preparation speed (studies/s): lsdc.crops.crop_study against a naive read-everything reference.
 
-The project's way (``crop_study``) reads every slice's header without pixels (``lsdc.dicom``'s own
-reader walks the first kilobytes of an explicit VR little endian file; pydicom reads any other), sorts
-the series, and reads only the slices the crops need (each point's slice and its neighbours; native
-pixels straight from the offset the header found). The naive reference,
-implemented here, reads EVERY file of each requested series fully with ``pydicom.dcmread`` (pixels
-included), decodes all of them into an in-memory volume, sorts the slices by position, then cuts the
-very same crops with the very same ``crop_roi`` and intensity window. Both produce identical crops (the
-script checks it), so the only difference is the I/O strategy. Both run in one process, interleaved
-(alternating which goes first), over several rounds; the ratio is the median of per-round ratios.
+The project's way (``crop_study``) reads every slice's header without pixels (through dicomsdl, a C++
+reader, for native little-endian greyscale files, which also gives where their pixel data starts;
+pydicom reads any other file), sorts the series, and reads only the slices the crops need (each point's
+slice and its neighbours; native pixels straight from the offset found with the header). The naive
+reference, implemented here, reads EVERY file of each requested series fully with ``pydicom.dcmread``
+(pixels included), decodes all of them into an in-memory volume (``lsdc.dicom.pixels_from_dataset``, the
+pydicom route of ``read_pixels``), sorts the slices by position, then cuts the very same crops with the
+very same ``crop_roi`` and intensity window. Both produce identical crops (the script checks it), so the
+only difference is the I/O strategy. Both run in one process, interleaved (alternating which goes
+first), over several rounds; the ratio is the median of per-round ratios.
 
 The files are read from the OS page cache (they were just written or read in the warm-up), so this
 measures parsing and decoding cost, not disk bandwidth; on a cold disk the naive way also reads
-several times more bytes. Crops are kept in memory (no PNG writing) on both sides.
+several times more bytes. Crops are kept in memory (no PNG writing) on both sides. The header reads
+alone are also timed on the same files: ``lsdc.dicom.read_header`` against
+``pydicom.dcmread(stop_before_pixels=True)``.
 
     python benchmarks/bench_crops.py                      # 16 fresh synthetic studies in a temp folder
     python benchmarks/bench_crops.py --data-dir /tmp/syn6 --studies 20 --write
@@ -42,7 +45,7 @@ from lsdc.crops import (
     neighbour_indices,
     training_requests,
 )
-from lsdc.dicom import Series, SliceHeader, _to_grey_float, load_series
+from lsdc.dicom import Series, SliceHeader, load_series, pixels_from_dataset, read_header
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry
 from lsdc.synthetic import SyntheticConfig, generate
@@ -98,7 +101,7 @@ def read_whole_series(folder: Path, study_id: int, series_id: int) -> InMemorySe
     for p in files:
         ds = pydicom.dcmread(p)  # the whole file, pixel data included
         # The project's own stored-value -> float mapping, so that both sides give identical crops.
-        volume[p] = _to_grey_float(ds.pixel_array, ds)
+        volume[p] = pixels_from_dataset(ds)
         headers.append(header_from_dataset(ds, p))
     series = InMemorySeries(study_id=study_id, series_id=series_id, slices=headers, directory=folder)
     series.volume = volume
@@ -199,6 +202,39 @@ def stage_times(studies: list[tuple[Path, list[CropRequest]]], cfg: CropConfig) 
     return {k: v / len(studies) * 1000 for k, v in t.items()}
 
 
+def series_files(studies: list[tuple[Path, list[CropRequest]]]) -> list[Path]:
+    """Every file whose header crop_study reads: the files of each requested series."""
+    files: list[Path] = []
+    for study_dir, reqs in studies:
+        for series_id in sorted({int(r.series_id) for r in reqs}):
+            folder = study_dir / str(series_id)
+            if folder.is_dir():
+                files += sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return files
+
+
+def header_times(files: list[Path], rounds: int) -> tuple[float, float, int]:
+    """Milliseconds per file to read every header with ``read_header`` and with
+    ``pydicom.dcmread(stop_before_pixels=True)`` (medians of interleaved rounds), and how many files
+    ``read_header`` read through dicomsdl (those whose header carries the native pixel layout)."""
+    def project() -> int:
+        return sum(read_header(p).layout is not None for p in files)
+
+    def pydicom_only() -> int:
+        for p in files:
+            pydicom.dcmread(p, stop_before_pixels=True)
+        return 0
+
+    times: dict[str, list[float]] = {"project": [], "pydicom": []}
+    fast = 0
+    for r in range(rounds):
+        for name, fn in (("project", project), ("pydicom", pydicom_only))[:: 1 if r % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            fast = max(fast, fn())
+            times[name].append((time.perf_counter() - t0) / len(files) * 1000)
+    return common.median(times["project"]), common.median(times["pydicom"]), fast
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -227,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = tmp / "data"
             t0 = time.perf_counter()
             generate(data_dir, SyntheticConfig(train_studies=args.studies, test_studies=0, seed=args.seed,
-                                               workers=2), progress=False)
+                                               workers=2), show_progress=False)
             print(f"generated {args.studies} synthetic studies in {data_dir} ({time.perf_counter() - t0:.1f} s)")
         else:
             data_dir = args.data_dir
@@ -252,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         stages = stage_times(studies, cfg)
         breakdown = ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
         print(f"stages (ms/study): {breakdown}")
+        files = series_files(studies)
+        header_ms, pydicom_ms, n_fast = header_times(files, args.rounds)
+        headers = (f"read_header {header_ms:.3f} ms/file (dicomsdl path for {n_fast} of {len(files)} files), "
+                   f"pydicom.dcmread(stop_before_pixels=True) {pydicom_ms:.3f} ms/file: "
+                   f"{pydicom_ms / header_ms:.1f}x")
+        print(f"headers: {headers}")
 
         proj_t: list[float] = []
         naive_t: list[float] = []
@@ -291,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         body = "\n".join([
             "## Crop preparation (`bench_crops.py`)",
             "",
-            "`lsdc.crops.crop_study` (headers only, read by `lsdc.dicom`'s own explicit-VR reader, then only "
-            "the needed slices, native pixels straight from their offset) against a naive "
+            "`lsdc.crops.crop_study` (headers only, read through dicomsdl, then only the needed slices, "
+            "native pixels straight from the offset found with the header) against a naive "
             "reference in the benchmark (every file of each requested series read fully with "
-            "`pydicom.dcmread` and decoded, sorted by position, same `crop_roi` and window). Crops are "
+            "`pydicom.dcmread` and decoded with `lsdc.dicom.pixels_from_dataset`, the pydicom route of "
+            "`read_pixels`, sorted by position, same `crop_roi` and window). Crops are "
             "byte-identical on both sides; files come from the page cache; no PNG writing. Project target: "
             f"at least {TARGET:g}x.",
             "",
@@ -307,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Where the time goes (ms/study, one separate pass): {breakdown}; I/O alone: project "
             f"{stages['project headers'] + stages['project decode']:.0f} (headers + needed slices), naive "
             f"{stages['naive read+decode']:.0f} (every file read and decoded)",
+            f"- Header reads alone, same files (median of {args.rounds} interleaved rounds): {headers}",
             f"- Result: project {proj_rate:.2f} studies/s, naive {naive_rate:.2f} studies/s, "
             f"**speed-up {ratio:.2f}x** (median of {args.rounds} interleaved rounds); crops identical: {same}",
             "",

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
           f"into {out}")
     try:
         c0, t0 = cpu_seconds(), time.perf_counter()
-        generate(out, cfg, progress=False)
+        generate(out, cfg, show_progress=False)
         seconds = time.perf_counter() - t0
         cpu = cpu_seconds() - c0  # the pool's workers are reaped when generate returns
         size = folder_size(out)

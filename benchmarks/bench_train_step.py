@@ -34,12 +34,13 @@ import torch
 from torch import nn
 
 import common
+from lsdc.experiment import N_CONDITIONS, autocast, resolve_device, select_logits
 from lsdc.models import ModelConfig, count_macs, count_parameters, create_model
-from lsdc.train import _autocast, resolve_device, select_logits, weighted_ce
+from lsdc.train import weighted_ce
 
 MODELS = ("attention", "densenet201", "resnet101")
 REFERENCE = "densenet201"
-N_COND, K = 5, 3  # conditions x severities = 15 logits
+K = 3  # severities: N_CONDITIONS x K = 15 logits
 TARGET = 0.5      # project target for attention / densenet201 step time (the paper reports 0.59)
 PAPER = 0.59
 HISTORY = ("| date | machine | load (1 min) | device | batch | size | precision | attention (img/s) "
@@ -73,14 +74,14 @@ class Bench:
 def build(name: str, s: Setup, seed: int = 0) -> Bench:
     """Model, Adam and a random batch on the device, in training mode."""
     torch.manual_seed(seed)
-    model = create_model(ModelConfig(name=name, num_classes=N_COND * K, in_chans=3)).to(s.device)
+    model = create_model(ModelConfig(name=name, num_classes=N_CONDITIONS * K, in_chans=3)).to(s.device)
     x = torch.randn(s.batch, 3, s.size, s.size, device=s.device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    cond = torch.randint(0, N_COND, (s.batch,), device=s.device)
+    cond = torch.randint(0, N_CONDITIONS, (s.batch,), device=s.device)
     y = torch.randint(0, K, (s.batch,), device=s.device)
     weights = torch.tensor([1.0, 2.0, 4.0], device=s.device)
     return Bench(name, model, opt, x, cond, y, weights)
@@ -88,7 +89,7 @@ def build(name: str, s: Setup, seed: int = 0) -> Bench:
 
 def step(b: Bench, s: Setup) -> None:
     """One training step, as in ``lsdc.train.train_fold``."""
-    with _autocast(s.device, s.amp):
+    with autocast(s.device, s.amp):
         logits = b.model(b.x)
     loss = weighted_ce(select_logits(logits.float(), b.cond, K), b.y, b.weights)
     b.opt.zero_grad(set_to_none=True)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     # Size (on CPU, batch 1, before moving anything to the device).
     sizes: dict[str, dict[str, int]] = {}
     for name in names:
-        m = create_model(ModelConfig(name=name, num_classes=N_COND * K, in_chans=3))
+        m = create_model(ModelConfig(name=name, num_classes=N_CONDITIONS * K, in_chans=3))
         sizes[name] = {"params": count_parameters(m), "macs": count_macs(m, (1, 3, s.size, s.size))}
         del m
     mem = memory_table(names, s, max(2, min(warmup + 1, 4)), threads) if args.memory else {}

@@ -12,8 +12,8 @@ import sys
 
 from lsdc import cli
 from lsdc.crops import prepare
+from lsdc.experiment import ExperimentConfig
 from lsdc.folds import prepare_folds
-from lsdc.train import ExperimentConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from lsdc import cli
-from lsdc.train import ExperimentConfig, run
+from lsdc.experiment import ExperimentConfig
+from lsdc.train import train_experiment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=["competition", "paper"], default=None, help="train.task")
     args = parser.parse_args(argv)
     if args.config is None:
-        from pathlib import Path
-
         guess = Path("configs") / f"{args.model or 'attention'}.yaml"
         args.config = guess if guess.is_file() else None
     if args.model:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cli.load_config(ExperimentConfig, args)
     log = cli.setup_logging(args.output_dir / cfg.experiment / "train.log", args.log_level)
     log.info("config %s, experiment %s", args.config, cfg.experiment)
-    summary = run(cfg, args.data_dir, args.output_dir)
+    summary = train_experiment(cfg, args.data_dir, args.output_dir)
     keys = ("oof_score", "prior_score", "rows_from_prior", "paper_metrics", "train_seconds")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2, default=float))
     return 0

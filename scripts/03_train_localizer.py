@@ -11,7 +11,7 @@ import json
 import sys
 
 from lsdc import cli
-from lsdc.localize import LocalizerExperiment, train
+from lsdc.localize import LocalizerExperiment, train_localizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exp = cli.load_config(LocalizerExperiment, args)
     cli.setup_logging(args.output_dir / "logs" / "03_train_localizer.log", args.log_level)
-    metrics = train(exp, args.data_dir, args.output_dir)
+    metrics = train_localizer(exp, args.data_dir, args.output_dir)
     print(json.dumps(metrics, indent=2))
     return 0
 

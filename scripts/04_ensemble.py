@@ -13,9 +13,9 @@ import dataclasses
 import sys
 
 from lsdc import cli
+from lsdc.data import load_train_labels
 from lsdc.ensemble import EnsembleConfig, build_ensemble, table_markdown
 from lsdc.errors import ConfigError
-from lsdc.folds import load_train_labels
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lsdc import cli
-from lsdc.predict import PredictConfig, predict
+from lsdc.inference import PredictConfig, predict_submission
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append("tta=true")
     cfg = cli.load_config(PredictConfig, args)
     log = cli.setup_logging(args.output_dir / "logs" / "05_predict.log", args.log_level)
-    sub = predict(args.data_dir, args.weights_dir or args.output_dir, args.submission, cfg)
+    sub = predict_submission(args.data_dir, args.weights_dir or args.output_dir, args.submission, cfg)
     log.info("submission: %s (%d rows)", args.submission, len(sub))
     print(args.submission)
     return 0

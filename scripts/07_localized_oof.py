@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from lsdc import cli
-from lsdc.predict import PredictConfig, localized_oof
+from lsdc.inference import PredictConfig
+from lsdc.localized_oof import localized_oof
+from lsdc.pipeline import LOCALIZED_OOF_TABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cli.load_config(PredictConfig, args)
     log = cli.setup_logging(args.output_dir / "logs" / "07_localized_oof.log", args.log_level)
     table = localized_oof(args.data_dir, args.weights_dir or args.output_dir, cfg,
-                          args.output_dir / "localized_oof.csv")
+                          args.output_dir / LOCALIZED_OOF_TABLE)
     cols = ["model"] + [f"{kind}_{k}" for k in ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal")
                         for kind in ("localised", "annotated")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join([str(r["model"])] + [f"{r[c]:.4f}" for c in cols[1:]]) + " |"
               for _, r in table.iterrows()]
     sys.stdout.write("\n".join(lines) + "\n")
-    log.info("localised OOF written to %s", args.output_dir / "localized_oof.csv")
+    log.info("localised OOF written to %s", args.output_dir / LOCALIZED_OOF_TABLE)
     return 0
 
 

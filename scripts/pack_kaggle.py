@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from lsdc import cli
-from lsdc.predict import PredictConfig, pack
+from lsdc.inference import PredictConfig
+from lsdc.pack import pack
 
 
 def main(argv: list[str] | None = None) -> int:

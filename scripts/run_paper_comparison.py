@@ -13,10 +13,11 @@ from __future__ import annotations
 import sys
 
 from lsdc import cli
+from lsdc.comparison import BASELINES, PAPER_VARIANTS, run_comparison
 from lsdc.errors import ConfigError
-from lsdc.report import BASELINES, PAPER_VARIANTS, markdown_table, run_comparison
+from lsdc.experiment import ExperimentConfig
+from lsdc.report import markdown_table
 from lsdc.synthetic import SyntheticConfig
-from lsdc.train import ExperimentConfig
 
 
 def main(argv: list[str] | None = None) -> int:

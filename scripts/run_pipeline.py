@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from lsdc import cli
-from lsdc.pipeline import PipelineConfig, run
+from lsdc.pipeline import PipelineConfig, run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = cli.load_config(PipelineConfig, args)
     log = cli.setup_logging(args.output_dir / "logs" / "run_pipeline.log", args.log_level)
-    result = run(cfg, args.data_dir, args.output_dir)
+    result = run_pipeline(cfg, args.data_dir, args.output_dir)
     localised = result["oof_table"] != result["annotated_table"]
     if localised:
         print("OOF from crops at annotated points:")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +13,7 @@ import pytest
 from lsdc import schema
 from lsdc.crops import (
     INDEX_CSV,
+    SETTINGS_JSON,
     CropConfig,
     crop_roi,
     intensity_window,
@@ -77,13 +82,11 @@ def test_png_roundtrip(tmp_path, n):
 
 
 def test_prepare_on_synthetic_data(synthetic_dir, tmp_path, caplog):
-    import shutil
-
     data = tmp_path / "data"
     shutil.copytree(synthetic_dir, data)
     synthetic_dir = data
     cfg = CropConfig(size=48, n_slices=3, workers=1)
-    crops_dir = prepare(synthetic_dir, tmp_path, cfg, progress=False)
+    crops_dir = prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
     index = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
     coords = pd.read_csv(synthetic_dir / schema.COORDS_CSV)
     assert len(index) == len(coords.drop_duplicates(["study_id", "condition", "level"]))
@@ -103,9 +106,25 @@ def test_prepare_on_synthetic_data(synthetic_dir, tmp_path, caplog):
     for f in (synthetic_dir / schema.TRAIN_IMAGES / str(victim)).rglob("*.dcm"):
         f.write_bytes(b"garbage")
     shutil.rmtree(crops_dir / str(victim))
-    prepare(synthetic_dir, tmp_path, cfg, progress=False)
+    prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
     again = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
     assert first.stat().st_mtime_ns == mtime
     assert load_crop(crops_dir / index.path.iloc[1], 3).shape == (48, 48, 3)
     assert len(again) == len(index) - (index.study_id == victim).sum() and victim not in set(again.study_id)
     assert any(str(victim) in r.getMessage() for r in caplog.records)
+
+
+def test_changing_a_crop_setting_cuts_new_crops(synthetic_dir, tmp_path):
+    """The crop folder is named from every pixel setting: another size in mm or another intensity window
+    gets its own crops (never the old ones reused); the worker count changes nothing."""
+    base = CropConfig(size=32, n_slices=1, workers=1)
+    first = prepare(synthetic_dir, tmp_path, base, show_progress=False)
+    spinal = pd.read_csv(first / INDEX_CSV, keep_default_na=False)
+    rel = spinal[spinal.condition == schema.CONDITIONS[0]].path.iloc[0]
+    old = load_crop(first / rel, 1)
+    assert prepare(synthetic_dir, tmp_path, dataclasses.replace(base, workers=2), show_progress=False) == first
+    for change in ({"spinal_mm": 24.0}, {"low_pct": 5.0}):
+        folder = prepare(synthetic_dir, tmp_path, dataclasses.replace(base, **change), show_progress=False)
+        assert folder != first and folder.name.startswith("crops_32px_1sl_")
+        assert not np.array_equal(load_crop(folder / rel, 1), old), change
+        assert json.loads((folder / SETTINGS_JSON).read_text()) == dataclasses.replace(base, **change).pixel_settings()

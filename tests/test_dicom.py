@@ -1,16 +1,20 @@
-"""Tests of lsdc.dicom: decoders against reference pixels, and series built from written files."""
+"""Tests of lsdc.dicom: decoders against reference pixels, the dicomsdl header path against pydicom, and
+series built from written files."""
 
 from __future__ import annotations
 
-import io
 import logging
+import os
+import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -28,17 +32,23 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import lsdc.dicom as dicom
+import lsdc
+import lsdc.dicom.reader as reader
+import lsdc.dicom.series as series_module
 from lsdc.dicom import (
     Series,
+    SliceHeader,
     list_series,
     load_series,
+    pixels_from_dataset,
     read_header,
     read_pixels,
+    read_slice,
     write_slice,
 )
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry, pixel_to_patient
+from lsdc.synthetic import SyntheticConfig, generate
 
 SAG_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 AX_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -78,22 +88,12 @@ def no_decoding(*args, **kwargs):
     raise AssertionError("pydicom used or pixels decoded during a header read")
 
 
-def count_bytes_read(monkeypatch: pytest.MonkeyPatch) -> dict[Path, int]:
-    """Count the bytes read from each file opened through Path.open in binary mode."""
-    counted: dict[Path, int] = {}
-    real_open = Path.open
-
-    class Counting(io.FileIO):
-        def read(self, size: int = -1) -> bytes:
-            data = super().read(size)
-            counted[Path(self.name)] = counted.get(Path(self.name), 0) + len(data)
-            return data
-
-    def counting_open(self: Path, mode: str = "r", *args, **kwargs):
-        return Counting(str(self), "rb") if mode == "rb" else real_open(self, mode, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", counting_open)
-    return counted
+def bytes_read_by_process() -> int:
+    """Bytes this process has read through read() system calls so far (Linux /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
 
 
 def transfer_syntax(name: str) -> str:
@@ -333,24 +333,29 @@ def test_optional_tags_and_instance_fallback(tmp_path: Path) -> None:
     assert h.series_description is None and h.shape == (12, 10)
 
 
-def test_header_read_does_not_load_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 512 x 512 slice (512 KiB): the header read takes its first kilobytes only, and no decoder."""
-    path = write_slice(tmp_path / "1.dcm", ramp(512, 512), geom((0, 0, 0), rows=512, cols=512), 1)
-    counted = count_bytes_read(monkeypatch)
-    monkeypatch.setattr(dicom, "pixel_array", no_decoding)
+def test_header_read_does_not_read_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2048 x 2048 slice of random pixels (8 MiB): the header read (dicomsdl, then 12 bytes at the pixel
+    data element) reads a few kilobytes of it, and calls neither pydicom nor a decoder nor np.fromfile."""
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs Linux /proc/self/io to count the bytes read")
+    pixels = np.random.default_rng(0).integers(0, 65536, size=(2048, 2048)).astype(np.uint16)
+    path = write_slice(tmp_path / "1.dcm", pixels, geom((0, 0, 0), rows=2048, cols=2048), 1)
+    read_header(write_slice(tmp_path / "2.dcm", ramp(12, 10), geom((0, 0, 0)), 2))  # warm-up
     monkeypatch.setattr(pydicom, "dcmread", no_decoding)
+    monkeypatch.setattr(reader, "pixel_array", no_decoding)
+    monkeypatch.setattr(np, "fromfile", no_decoding)
+    before = bytes_read_by_process()
     header = read_header(path)
-    assert header.shape == (512, 512) and header.layout is not None
-    assert 0 < counted[path] <= 16384 < path.stat().st_size
+    read = bytes_read_by_process() - before
+    assert header.shape == (2048, 2048) and header.layout is not None
+    assert 0 < read <= 64 * 1024 < path.stat().st_size
 
 
 def test_pydicom_header_path_does_not_load_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Implicit VR files go through pydicom, which stops before the pixels."""
-    write_sagittal_series(tmp_path / "1" / "2", [0.0, 4.0, 8.0], [1, 2, 3])
-    for p in (tmp_path / "1" / "2").iterdir():
-        ds = pydicom.dcmread(p)
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-        ds.save_as(p, implicit_vr=True, little_endian=True)
+    """Compressed files go through pydicom, which stops before the pixels."""
+    folder = tmp_path / "1" / "2"
+    for n, x in [(1, 0.0), (2, 4.0), (3, 8.0)]:
+        write_slice(folder / f"{n}.dcm", ramp(12, 10), geom((x, 0, 0)), n, transfer_syntax=RLELossless)
     calls: list[dict] = []
     real_dcmread = pydicom.dcmread
 
@@ -360,27 +365,63 @@ def test_pydicom_header_path_does_not_load_pixels(tmp_path: Path, monkeypatch: p
         return ds
 
     monkeypatch.setattr(pydicom, "dcmread", spy)
-    monkeypatch.setattr(dicom, "pixel_array", no_decoding)
-    series = load_series(tmp_path / "1" / "2")
+    monkeypatch.setattr(reader, "pixel_array", no_decoding)
+    series = load_series(folder)
     assert len(series) == 3 and len(calls) == 3
     assert all(c["stop_before_pixels"] and not c["has_pixels"] for c in calls)
     assert all(s.layout is None for s in series.slices)
 
 
 # --------------------------------------------------------------------------------------------------
-# The fast header reader and native pixel path give exactly what pydicom gives
+# The dicomsdl header path and native pixel reads give exactly what pydicom gives
 
 
-def assert_same_as_pydicom(path: Path, native_layout: bool = True) -> None:
-    """read_header (fast path) equals the pydicom header; read_slice equals read_pixels bit for bit."""
-    fast = dicom._fast_header(path)
-    assert fast is not None, "the fast reader declined the file"
-    assert fast == dicom._pydicom_header(path) == read_header(path)
-    assert (fast.layout is not None) == native_layout
-    out = dicom.read_slice(fast)
-    reference = read_pixels(path)
-    assert out.dtype == reference.dtype == np.float32
-    np.testing.assert_array_equal(out, reference)
+def assert_same_as_pydicom(path: Path) -> SliceHeader:
+    """The dicomsdl path reads the file, equal to the pydicom header and to read_header; read_slice equals
+    read_pixels bit for bit."""
+    fast = reader._dicomsdl_header(path)
+    assert fast is not None, "the dicomsdl path declined the file"
+    assert fast.layout is not None
+    assert fast == reader._pydicom_header(path) == read_header(path)
+    assert_same_pixels(fast)
+    return fast
+
+
+def assert_same_pixels(header: SliceHeader) -> None:
+    out, reference = read_slice(header), read_pixels(header.path)
+    assert out.dtype == reference.dtype == np.float32 and out.shape == reference.shape
+    assert out.tobytes() == reference.tobytes()  # bit for bit
+
+
+def header_or_error(read, path: Path) -> SliceHeader | type[DataError]:
+    try:
+        return read(path)
+    except DataError:
+        return DataError
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, or with equal reprs (a NaN SliceThickness is not equal to itself; repr shows floats exactly)."""
+    return a == b or repr(a) == repr(b)
+
+
+def sweep(paths: list[Path]) -> tuple[int, list[str]]:
+    """read_header against the pydicom-only header on every file: (files read by the dicomsdl path,
+    differences). Either both raise DataError or the headers are equal; with a layout, read_slice
+    equals read_pixels bit for bit."""
+    fast, differences = 0, []
+    for path in paths:
+        got, expected = header_or_error(read_header, path), header_or_error(reader._pydicom_header, path)
+        if not same(got, expected):
+            differences.append(f"{path.name}: read_header {got!r}, pydicom {expected!r}")
+            continue
+        if isinstance(got, SliceHeader) and got.layout is not None:
+            fast += 1
+            try:
+                assert_same_pixels(got)
+            except (AssertionError, DataError) as e:
+                differences.append(f"{path.name}: pixels differ ({e})")
+    return fast, differences
 
 
 @pytest.mark.parametrize(("pixels", "kwargs"), [
@@ -395,55 +436,273 @@ def assert_same_as_pydicom(path: Path, native_layout: bool = True) -> None:
     (ramp(12, 10, 3), {"rescale_slope": 2.5, "rescale_intercept": -100.0}),
     (ramp(12, 10, 3), {"rescale_intercept": 7.0}),
 ])
-def test_fast_path_matches_pydicom_on_written_slices(tmp_path: Path, pixels: np.ndarray, kwargs: dict) -> None:
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_dicomsdl_path_matches_pydicom_on_written_slices(tmp_path: Path, pixels: np.ndarray, kwargs: dict,
+                                                         syntax: str) -> None:
     rows, cols = pixels.shape
-    path = write_slice(tmp_path / "5.dcm", pixels, geom((1.5, -2.25, 3.125), rows=rows, cols=cols), 5, **kwargs)
+    path = write_slice(tmp_path / "5.dcm", pixels, geom((1.5, -2.25, 3.125), rows=rows, cols=cols), 5,
+                       transfer_syntax=syntax, **kwargs)
     assert_same_as_pydicom(path)
 
 
-@pytest.mark.parametrize(("name", "native_layout"), [
-    ("MR_small.dcm", True), ("CT_small.dcm", True), ("MR_small_padded.dcm", True),
-    ("MR_small_RLE.dcm", False), ("MR_small_jp2klossless.dcm", False),
-])
-def test_fast_path_matches_pydicom_on_bundled_files(name: str, native_layout: bool) -> None:
-    assert_same_as_pydicom(Path(bundled(name)), native_layout)
-
-
-@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"])
-def test_other_encodings_left_to_pydicom(name: str) -> None:
-    assert dicom._fast_header(Path(bundled(name))) is None
-
-
-def test_fast_path_skips_sequences_and_long_headers(tmp_path: Path) -> None:
-    """An undefined-length sequence with nested items, and a 40 KB private element before the pixels
-    (past the first read): both walked over, same header and pixels as pydicom."""
+def test_dicomsdl_path_skips_sequences_and_long_headers(tmp_path: Path) -> None:
+    """An undefined-length sequence with nested items, and a 40 KB private element before the pixels; then
+    an undefined-length sequence as the last element (dicomsdl gives the length it found): same header and
+    pixels as pydicom."""
     path = write_slice(tmp_path / "9.dcm", ramp(12, 10), geom((0, 0, 0)), 9, "Sagittal T1")
-    ds = pydicom.dcmread(path)
-    inner = pydicom.Dataset()
-    inner.ReferencedSOPInstanceUID = "1.2.3.4"
-    item = pydicom.Dataset()
-    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    item.ReferencedImageSequence = [inner]
-    item["ReferencedImageSequence"].is_undefined_length = True
-    ds.ReferencedImageSequence = [item, item]
-    ds["ReferencedImageSequence"].is_undefined_length = True
-    for it in (inner, item):
-        it.is_undefined_length_sequence_item = True
-    ds.add_new(0x00291010, "OB", b"\x01" * 40000)
-    ds.save_as(path)
-    raw = path.read_bytes()
-    assert b"\xfe\xff\xdd\xe0" in raw  # pydicom wrote the sequence with undefined length
+    with_element(path, 0x00081140, "SQ", b"", undefined_sequence=True)
+    with_element(path, 0x00291010, "OB", b"\x01" * 40000)
+    assert b"\xfe\xff\xdd\xe0" in path.read_bytes()  # pydicom wrote the sequence with undefined length
+    assert assert_same_as_pydicom(path).series_description == "Sagittal T1"
+    with_element(path, 0x00400275, "SQ", b"", undefined_sequence=True)
+    assert b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" in path.read_bytes()  # (0040,0275), undefined length
     assert_same_as_pydicom(path)
+
+
+def test_sweep_every_bundled_pydicom_file() -> None:
+    """Every file bundled with pydicom (176 files of many encodings, some broken on purpose)."""
+    paths = [Path(f) for f in get_testdata_files() if os.path.isfile(f)]
+    assert len(paths) > 150
+    fast, differences = sweep(paths)
+    assert differences == []
+    assert fast >= 30  # native little-endian greyscale files: MR_small, CT_small, ...
+
+
+def with_element(path: Path, tag: int, vr: str, value: bytes | str, *, undefined_sequence: bool = False) -> Path:
+    """Add an element to a written slice (an undefined-length sequence of one item when asked)."""
+    ds = pydicom.dcmread(path)
+    if undefined_sequence:
+        inner = pydicom.Dataset()
+        inner.ReferencedSOPInstanceUID = "1.2.3.4"
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        item.ReferencedImageSequence = [inner]
+        item["ReferencedImageSequence"].is_undefined_length = True
+        for it in (inner, item):
+            it.is_undefined_length_sequence_item = True
+        ds.add_new(tag, "SQ", [item, item])
+        ds[tag].is_undefined_length = True
+    else:
+        ds.add_new(tag, vr, value)
+    ds.save_as(path)
+    return path
+
+
+def eight_bit(path: Path) -> Path:
+    """Rewrite a written slice as 8-bit (BitsAllocated 8), keeping the low byte of each pixel."""
+    ds = pydicom.dcmread(path)
+    raw = np.frombuffer(ds.PixelData, dtype="<u2")[: ds.Rows * ds.Columns]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = (raw & 0xFF).astype(np.uint8).tobytes()
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    return path
+
+
+def synthetic_variants(folder: Path) -> dict[str, tuple[Path, bool]]:
+    """Files written with write_slice across its variants: {name: (path, read by the dicomsdl path)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    signed = np.array([[-5, 0, 7], [-32768, 32767, 1]], dtype=np.int16)
+    wide = np.array([[0, 4095, 4096], [65535, 100, 8191]], dtype=np.uint16)  # bits above BitsStored 12
+    signed12 = np.array([[0, 2047, -2048], [-1, 100, 4000]], dtype=np.int16)
+    mono1 = np.array([[0, 1000], [4000, 4095]], dtype=np.uint16)
+    variants: dict[str, tuple[np.ndarray, dict]] = {
+        "plain": (ramp(12, 10, 3), {}),
+        "described": (ramp(12, 10, 3), {"series_description": "Sagittal T2/STIR", "slice_thickness": 3.5,
+                                        "spacing_between_slices": 4.0}),
+        "thickness": (ramp(12, 10, 3), {"slice_thickness": 3.0}),
+        "signed": (signed, {}),
+        "bits12": (wide, {"bits_stored": 12}),
+        "signed_bits12": (signed12, {"bits_stored": 12}),
+        "mono1": (mono1, {"bits_stored": 12, "photometric": "MONOCHROME1"}),
+        "mono1_rescaled": (mono1, {"bits_stored": 12, "photometric": "MONOCHROME1", "rescale_slope": 2,
+                                   "rescale_intercept": 10}),
+        "mono1_negative_slope": (signed, {"photometric": "MONOCHROME1", "rescale_slope": -0.5}),
+        "rescaled": (ramp(12, 10, 3), {"rescale_slope": 2.5, "rescale_intercept": -100.0}),
+        "intercept": (ramp(12, 10, 3), {"rescale_intercept": 7.0}),
+        "slope": (ramp(12, 10, 3), {"rescale_slope": 0.1}),
+        "odd_shape": (ramp(7, 5, 1), {}),
+    }
+    out: dict[str, tuple[Path, bool]] = {}
+    for name, (pixels, kwargs) in variants.items():
+        rows, cols = pixels.shape
+        g = geom((1.5, -2.25, 3.125), rows=rows, cols=cols)
+        for syntax, suffix in ((ExplicitVRLittleEndian, ""), (ImplicitVRLittleEndian, "_implicit")):
+            path = write_slice(folder / f"{name}{suffix}.dcm", pixels, g, 5, transfer_syntax=syntax, **kwargs)
+            out[name + suffix] = (path, True)
+    for syntax, suffix in ((ExplicitVRLittleEndian, ""), (ImplicitVRLittleEndian, "_implicit")):
+        for name, rows, cols in (("8bit", 12, 10), ("8bit_odd", 7, 5)):  # 35 bytes of pixels, padded to 36
+            path = write_slice(folder / f"{name}{suffix}.dcm", ramp(rows, cols, 1), geom((0, 0, 0), rows=rows,
+                               cols=cols), 6, transfer_syntax=syntax)
+            out[name + suffix] = (eight_bit(path), True)
+    # A long private element, and undefined-length sequences, before the pixels.
+    long_private = write_slice(folder / "long_private.dcm", ramp(12, 10), geom((0, 0, 0)), 9, "Sagittal T1")
+    out["long_private"] = (with_element(long_private, 0x00291010, "OB", b"\x01" * 40000), True)
+    many = write_slice(folder / "many_private.dcm", ramp(12, 10), geom((0, 0, 0)), 9)  # walked, not hopped over
+    for i in range(40):
+        with_element(many, 0x00291000 + i, "LO", f"private {i}")
+    out["many_private"] = (many, True)
+    sequence = write_slice(folder / "sequence.dcm", ramp(12, 10), geom((0, 0, 0)), 9)
+    out["sequence"] = (with_element(sequence, 0x00081140, "SQ", b"", undefined_sequence=True), True)
+    sequence_last = write_slice(folder / "sequence_last.dcm", ramp(12, 10), geom((0, 0, 0)), 9)
+    out["sequence_last"] = (with_element(sequence_last, 0x00400275, "SQ", b"", undefined_sequence=True), True)
+    padded = write_slice(folder / "trailing_padding.dcm", ramp(12, 10), geom((0, 0, 0)), 9)
+    out["trailing_padding"] = (with_element(padded, 0xFFFCFFFC, "OB", b"\0" * 64), True)
+    # Encodings left to pydicom, and broken files.
+    for syntax, name in ((RLELossless, "rle"), (JPEG2000Lossless, "j2k"), (DeflatedExplicitVRLittleEndian, "dfl")):
+        path = write_slice(folder / f"{name}.dcm", ramp(40, 37), geom((0, 0, 0), rows=40, cols=37), 3,
+                           transfer_syntax=syntax)
+        out[name] = (path, False)
+    whole = write_slice(folder / "whole.dcm", ramp(64, 64), geom((0, 0, 0), rows=64, cols=64), 4).read_bytes()
+    for name, data in (("cut_pixels", whole[:-100]), ("cut_header", whole[:400]), ("cut_pixel_header", whole[:-8198]),
+                       ("empty", b""), ("garbage", np.random.default_rng(1).bytes(3000))):
+        (folder / f"{name}.dcm").write_bytes(data)
+        out[name] = (folder / f"{name}.dcm", False)
+    return out
+
+
+def test_sweep_synthetic_variants(tmp_path: Path) -> None:
+    variants = synthetic_variants(tmp_path)
+    for name, (path, fast) in variants.items():
+        assert isinstance(header_or_error(reader._dicomsdl_header, path), SliceHeader) == fast, name
+    fast, differences = sweep([path for path, _ in variants.values()])
+    assert differences == []
+    assert fast == sum(f for _, f in variants.values()) >= 30
+
+
+@pytest.fixture(scope="module")
+def generated_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, SyntheticConfig(train_studies=2, test_studies=0, seed=1, workers=1), show_progress=False)
+    return out
+
+
+def test_sweep_generated_studies(generated_studies: Path) -> None:
+    """Every file of the synthetic generator's studies takes the dicomsdl path and matches pydicom."""
+    paths = sorted(generated_studies.glob("train_images/*/*/*.dcm"))
+    assert len(paths) > 50
+    fast, differences = sweep(paths)
+    assert differences == []
+    assert fast == len(paths)
+
+
+def test_headers_without_dicomsdl_come_from_pydicom(generated_studies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dicomsdl is optional (a Kaggle notebook may lack it): without it every header comes from pydicom,
+    with the same values, and the pixels from pydicom's decoder, with the same values."""
+    paths = sorted(generated_studies.glob("train_images/*/*/*.dcm"))[:10]
+    fast = [read_header(p) for p in paths]
+    monkeypatch.setattr(reader, "dicomsdl", None)
+    slow = [read_header(p) for p in paths]
+    assert slow == fast and all(h.layout is None for h in slow) and all(h.layout is not None for h in fast)
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(read_slice(a), read_slice(b))
+
+
+@pytest.mark.parametrize(("name", "fast"), [
+    ("MR_small.dcm", True), ("MR_small_implicit.dcm", True), ("CT_small.dcm", True), ("MR_small_padded.dcm", True),
+    ("MR_small_bigendian.dcm", False), ("image_dfl.dcm", False), ("MR_small_RLE.dcm", False),
+    ("MR_small_jp2klossless.dcm", False), ("rtdose.dcm", False), ("SC_rgb_small_odd.dcm", False),
+])
+def test_dicomsdl_path_on_bundled_files(name: str, fast: bool) -> None:
+    """Native little-endian single-frame greyscale files take the dicomsdl path; the others pydicom's."""
+    path = Path(bundled(name))
+    if fast:
+        assert_same_as_pydicom(path)
+    else:
+        assert reader._dicomsdl_header(path) is None
+        assert header_or_error(read_header, path) == header_or_error(reader._pydicom_header, path)
+
+
+def replace_text(path: Path, tag: int, vr: str, value: bytes) -> None:
+    """Replace the value of an explicit VR element with a 16-bit length, bytes as given (even invalid)."""
+    data = path.read_bytes()
+    key = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    i = data.index(key)
+    length = struct.unpack_from("<H", data, i + 6)[0]
+    path.write_bytes(data[:i] + key + struct.pack("<H", len(value)) + value + data[i + 8 + length:])
+
+
+@pytest.mark.parametrize(("tag", "vr", "value"), [
+    (0x00180050, "DS", b""), (0x00180050, "DS", b"abc "), (0x00180050, "DS", b"3abc"), (0x00180050, "DS", b"0x10"),
+    (0x00180050, "DS", b"1_000 "), (0x00180050, "DS", b" 3.5"), (0x00180050, "DS", b"3\\3 "),
+    (0x00180050, "DS", b"+.5 "), (0x00180050, "DS", b"1e3 "), (0x00180050, "DS", b"nan "),
+    (0x00200013, "IS", b""), (0x00200013, "IS", b"5.0 "), (0x00200013, "IS", b"ab"), (0x00200013, "IS", b"+7"),
+    (0x00200013, "IS", b"5\\6 "),
+    (0x00280030, "DS", b"0.5 "), (0x00280030, "DS", b"0.5\\"), (0x00280030, "DS", b"0.5\\abc "),
+    (0x00280030, "DS", b"0.5\\0.5\\0.5 "), (0x00200032, "DS", b"1\\2\\inf "),
+    (0x00280004, "CS", b"monochrome2 "), (0x00280004, "CS", b"MONOCHROME2\\X "),
+    (0x0008103E, "LO", b"a\\b "), (0x0008103E, "LO", b"Sagittal \xe9"),
+    (0x00280010, "US", b"\x0c"), (0x00280010, "US", b"\x0c\x00\x0c\x00"), (0x00280103, "US", b""),
+])
+def test_odd_values_read_as_pydicom_reads_them(tmp_path: Path, tag: int, vr: str, value: bytes) -> None:
+    """dicomsdl converts '' to 0, '3abc' to 3, drops a trailing empty value...: for values like these the
+    result is pydicom's, whether the dicomsdl path reads the file or leaves it to pydicom."""
+    path = write_slice(tmp_path / "5.dcm", ramp(12, 10), geom((0, 0, 0)), 5, "T1", slice_thickness=4.0)
+    replace_text(path, tag, vr, value)
+    assert sweep([path])[1] == []
+
+
+@pytest.mark.parametrize(("charset", "encoding", "fast"), [
+    ("ISO_IR 100", "latin-1", True), ("ISO_IR 192", "utf-8", True), (None, "latin-1", False),
+    ("ISO_IR 6", "latin-1", False), ("ISO 2022 IR 100", "latin-1", False), ("ISO_IR 144", "iso8859-5", False),
+])
+def test_non_ascii_series_description(tmp_path: Path, charset: str | None, encoding: str, fast: bool) -> None:
+    """Read as pydicom reads it by dicomsdl (Latin-1, UTF-8), or left to pydicom (no or another charset)."""
+    text = "Sagittal T2 é" if encoding != "iso8859-5" else "Сагиттальный T2"
+    path = write_slice(tmp_path / "5.dcm", ramp(12, 10), geom((0, 0, 0)), 5, "PLACEHOLDER")
+    if charset is not None:
+        with_element(path, 0x00080005, "CS", charset)
+    replace_text(path, 0x0008103E, "LO", text.encode(encoding) + b" " * (len(text.encode(encoding)) % 2))
+    header = read_header(path)
+    assert header == reader._pydicom_header(path) and header.series_description == text
+    assert (reader._dicomsdl_header(path) is not None) == fast
+
+
+def test_truncated_pixels_rejected_in_a_separate_process(tmp_path: Path) -> None:
+    """dicomsdl's full open kills the process on a file cut inside its pixels: the header read must not.
+
+    Run in a child process so that a crash fails this test instead of ending the test session.
+    """
+    path = write_slice(tmp_path / "4.dcm", ramp(64, 64), geom((0, 0, 0), rows=64, cols=64), 4)
+    path.write_bytes(path.read_bytes()[:-100])
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    code = ("import sys\nfrom lsdc.dicom import read_header\nfrom lsdc.errors import DataError\n"
+            "for p in sys.argv[1:]:\n    try:\n        read_header(p)\n    except DataError as e:\n"
+            "        print(e)\n")
+    src = str(Path(lsdc.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    files = [str(path), bundled("MR_truncated.dcm"), str(tmp_path / "empty.dcm")]
+    done = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    assert "4.dcm" in lines[0] and "truncated" in lines[0]
+    assert "MR_truncated.dcm" in lines[1] and "truncated" in lines[1]
+    assert "empty.dcm" in lines[2]
 
 
 def test_truncated_file_rejected_by_both_paths(tmp_path: Path) -> None:
+    """Same message from the dicomsdl path as from pydicom; a file that shrank after its header was read is
+    decoded by pydicom, which names it."""
     path = write_slice(tmp_path / "4.dcm", ramp(64, 64), geom((0, 0, 0), rows=64, cols=64), 4)
     header = read_header(path)
+    assert header.layout is not None
     path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"4\.dcm.*truncated") as fast:
+        reader._dicomsdl_header(path)
+    with pytest.raises(DataError) as slow:
+        reader._pydicom_header(path)
+    assert str(fast.value) == str(slow.value)
     with pytest.raises(DataError, match=r"4\.dcm.*truncated"):
         read_header(path)
     with pytest.raises(DataError, match=r"4\.dcm"):
-        dicom.read_slice(header)  # the file shrank after its header was read: pydicom names it
+        read_slice(header)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm", "SC_rgb_jpeg.dcm", "MR_small_RLE.dcm"])
+def test_pixels_from_dataset_matches_read_pixels(name: str) -> None:
+    ds = pydicom.dcmread(bundled(name))
+    assert pixels_from_dataset(ds).tobytes() == read_pixels(bundled(name)).tobytes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,13 +831,13 @@ def test_load_series_errors_name_the_folder(tmp_path: Path) -> None:
 def test_images_read_lazily_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_sagittal_series(tmp_path, [0.0, 4.0, 8.0, 12.0], [1, 2, 3, 4])
     reads: list[Path] = []
-    real = dicom.read_slice
+    real = series_module.read_slice
 
     def counting(header):
         reads.append(header.path)
         return real(header)
 
-    monkeypatch.setattr(dicom, "read_slice", counting)
+    monkeypatch.setattr(series_module, "read_slice", counting)
     series = load_series(tmp_path)
     assert reads == []
     first = series.image(2)

@@ -261,8 +261,8 @@ def _write_experiment(out: Path, name: str, oof: pd.DataFrame, model: dict | Non
 
 def test_discovery_and_kinds(tmp_path, two_models, labels):
     out = tmp_path / "outputs"
-    _write_experiment(out, "attention_full", two_models["a"], {"name": "attention", "use_cbam": True})
-    _write_experiment(out, "attention_nocbam", two_models["b"], {"name": "attention", "use_cbam": False})
+    _write_experiment(out, "attention_full", two_models["a"], {"name": "attention", "attention": {"use_cbam": True}})
+    _write_experiment(out, "attention_nocbam", two_models["b"], {"name": "attention", "attention": {"use_cbam": False}})
     _write_experiment(out, "densenet201", two_models["b"], {"name": "densenet201"})
     (out / "crops_64px_3sl").mkdir()
     found = discover_experiments(out)

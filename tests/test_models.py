@@ -14,7 +14,16 @@ from torch import nn
 
 from lsdc.config import load
 from lsdc.errors import ConfigError
-from lsdc.models import ModelConfig, count_macs, count_parameters, create_model, list_models
+from lsdc.models import (
+    AttentionConfig,
+    KeypointNet,
+    ModelConfig,
+    SliceScorer,
+    count_macs,
+    count_parameters,
+    create_model,
+    list_models,
+)
 from lsdc.models.attention import CBAM, MultiHeadSelfAttention, SlotAttention
 
 SMALL = {
@@ -35,8 +44,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+MODEL_KEYS = {"name", "num_classes", "in_chans", "pretrained_path", "drop_rate"}
+
+
+def cfg_of(**kwargs) -> ModelConfig:
+    """A ModelConfig from flat keyword arguments: model keys at the top, the rest into ``attention``."""
+    attention = {k: v for k, v in kwargs.items() if k not in MODEL_KEYS}
+    return ModelConfig(**{k: v for k, v in kwargs.items() if k in MODEL_KEYS},
+                       attention=AttentionConfig(**attention))
+
+
 def small_cfg(**kwargs) -> ModelConfig:
-    return ModelConfig(**{**SMALL, **kwargs})
+    return cfg_of(**{**SMALL, **kwargs})
 
 
 def test_default_attention_model_shapes_and_maps() -> None:
@@ -67,7 +86,7 @@ def test_slot_pool_flatten_and_grayscale_input() -> None:
 
 
 def test_backbone_variant_puts_body_on_timm_features() -> None:
-    model = create_model(ModelConfig(backbone="resnet18", num_heads=4, num_slots=2, slot_dim=16)).eval()
+    model = create_model(cfg_of(backbone="resnet18", num_heads=4, num_slots=2, slot_dim=16)).eval()
     logits, maps = model.forward_with_attention(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 3)
     assert maps["slot"].shape == (2, 2, 2, 2)  # resnet18 reduces 64 -> 2
@@ -80,13 +99,13 @@ def test_backbone_pretrained_from_local_timm_checkpoint(tmp_path) -> None:
     ref = timm.create_model("resnet18", pretrained=False)  # ImageNet-style: 1000-class fc
     path = tmp_path / "resnet18.pth"
     torch.save(ref.state_dict(), path)
-    model = create_model(ModelConfig(backbone="resnet18", backbone_pretrained_path=str(path), in_chans=1))
+    model = create_model(cfg_of(backbone="resnet18", backbone_pretrained_path=str(path), in_chans=1))
     torch.testing.assert_close(model.head.net.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
     torch.testing.assert_close(model.head.net.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
     other = tmp_path / "other.pth"
     torch.save(create_model(small_cfg()).state_dict(), other)
     with pytest.raises(ConfigError, match="backbone_pretrained_path .*other.pth does not fit"):
-        create_model(ModelConfig(backbone="resnet18", backbone_pretrained_path=str(other)))
+        create_model(cfg_of(backbone="resnet18", backbone_pretrained_path=str(other)))
 
 
 @pytest.mark.parametrize("name", ["densenet201", "resnet101"])
@@ -158,9 +177,9 @@ def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="nope.pth"):
         create_model(small_cfg(pretrained_path="/nonexistent/nope.pth"))
     with pytest.raises(ConfigError, match="nope.pth"):
-        create_model(ModelConfig(backbone="resnet18", backbone_pretrained_path="/nonexistent/nope.pth"))
-    with pytest.raises(ConfigError, match="backbone"):
-        create_model(ModelConfig(name="resnet18", backbone="resnet18"))
+        create_model(cfg_of(backbone="resnet18", backbone_pretrained_path="/nonexistent/nope.pth"))
+    with pytest.raises(ConfigError, match="model.attention.backbone applies to name 'attention' only"):
+        create_model(cfg_of(name="resnet18", backbone="resnet18"))
     with pytest.raises(ConfigError, match="num_heads"):
         create_model(small_cfg(num_heads=5))
     assert "attention" in list_models()
@@ -168,12 +187,16 @@ def test_config_errors() -> None:
 
 def test_model_config_loads_from_yaml_with_overrides(tmp_path) -> None:
     path = tmp_path / "model.yaml"
-    path.write_text("name: attention\neim_widths: [32, 64]\nslot_pool: flatten\n")
-    cfg = load(ModelConfig, path, ["use_slot=false", "backbone=resnet18"])
-    assert cfg.eim_widths == (32, 64) and cfg.slot_pool == "flatten"
-    assert cfg.use_slot is False and cfg.backbone == "resnet18" and cfg.pretrained_path is None
-    with pytest.raises(ConfigError):
-        load(ModelConfig, None, ["slot_pool=max"])
+    path.write_text("name: attention\nattention: {eim_widths: [32, 64], slot_pool: flatten}\n")
+    cfg = load(ModelConfig, path, ["attention.use_slot=false", "attention.backbone=resnet18"])
+    a = cfg.attention
+    assert a.eim_widths == (32, 64) and a.slot_pool == "flatten"
+    assert a.use_slot is False and a.backbone == "resnet18" and cfg.pretrained_path is None
+    assert a.branches_off == ("slot",)
+    with pytest.raises(ConfigError, match="attention.slot_pool"):
+        load(ModelConfig, None, ["attention.slot_pool=max"])
+    with pytest.raises(ConfigError, match="unknown config key 'use_slot'"):
+        load(ModelConfig, None, ["use_slot=false"])  # the attention settings live under attention.
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -188,7 +211,7 @@ def test_pretrained_path_round_trip(tmp_path, suffix: str) -> None:
     else:
         torch.save({"state_dict": model.state_dict()}, path)
     torch.manual_seed(1)
-    loaded = create_model(ModelConfig(**{**SMALL, "pretrained_path": str(path)})).eval()
+    loaded = create_model(small_cfg(pretrained_path=str(path))).eval()
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
 
@@ -221,3 +244,30 @@ def test_count_parameters_and_macs() -> None:
     assert count_macs(nn.Linear(10, 4), (2, 10)) == 2 * 10 * 4
     model.train()
     assert count_macs(model, (1, 3, 64, 64)) > 0 and model.training
+
+
+@pytest.mark.parametrize("name", list_models() + ["resnet18", "densenet121"])
+def test_every_registered_model_and_timm_names_build_from_their_config(name: str) -> None:
+    """The factory builds every registered name (and timm names) from a ModelConfig alone: 5 x 3 logits."""
+    cfg = small_cfg(name=name, num_classes=15) if name == "attention" else ModelConfig(name=name, num_classes=15)
+    model = create_model(cfg).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 15)
+
+
+def test_attention_config_is_the_networks_one_list_of_settings() -> None:
+    """Each attention setting reaches the network: changing one changes the built architecture."""
+    model = create_model(small_cfg(num_slots=5, tail_widths=(24,), eim_widths=(16, 40)))
+    assert model.body.slot.num_slots == 5
+    assert model.tail.fc.in_features == 24 and model.head.out_chs == 40
+    assert model.body.cbam is not None and create_model(small_cfg(use_cbam=False)).body.cbam is None
+
+
+def test_localizer_networks_shapes() -> None:
+    heat = KeypointNet(in_chans=3, n_points=5, width=8).eval()
+    assert heat(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64 // KeypointNet.stride, 64 // KeypointNet.stride)
+    scorer = SliceScorer(width=8).eval()
+    x = torch.rand(5, 3, 48, 48)
+    out = scorer(x)
+    assert out.shape == (5,)
+    assert torch.allclose(scorer(x[[3, 1]]), out[[3, 1]], atol=1e-5)  # each patch scored on its own

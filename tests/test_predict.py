@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 
 from lsdc import schema
+from lsdc.data import load_train_labels
 from lsdc.dicom import Series, SliceHeader
 from lsdc.ensemble import EnsembleConfig, build_ensemble
-from lsdc.folds import load_train_labels
+from lsdc.experiment import fill_with_prior, prior_probabilities
 from lsdc.geometry import SliceGeometry
-from lsdc.localize import SliceScorer, heatmap_loss, slice_candidates
+from lsdc.inference import PredictConfig, predict_submission
+from lsdc.localize import heatmap_loss, slice_candidates
+from lsdc.localized_oof import localized_oof
 from lsdc.metric import score, solution_from_labels, validate_submission
-from lsdc.predict import PredictConfig, localized_oof, pack, predict
-from lsdc.train import prior_probabilities, prior_submission
+from lsdc.pack import pack
 
 
 def test_heatmap_loss_is_lowest_at_the_point():
@@ -65,23 +67,14 @@ def test_slice_candidates_are_the_planes_within_the_window():
     assert slice_candidates(series, point, 100.0) == list(range(6))
 
 
-def test_slice_scorer_scores_each_patch():
-    import torch
-
-    scorer = SliceScorer(width=8).eval()
-    x = torch.rand(5, 3, 48, 48)
-    out = scorer(x)
-    assert out.shape == (5,)
-    assert torch.allclose(scorer(x[[3, 1]]), out[[3, 1]], atol=1e-5)  # each patch scored on its own
-
-
 @pytest.fixture(scope="module")
 def submission(smoke_run, smoke_localizer, tmp_path_factory):
     out = smoke_run["out"]
     build_ensemble(out, load_train_labels(smoke_run["data"]),
                    EnsembleConfig(experiments=[smoke_run["cfg"].experiment]))
     path = tmp_path_factory.mktemp("sub") / "submission.csv"
-    sub = predict(smoke_run["data"], out, path, PredictConfig(localizer=smoke_localizer["name"]), progress=False)
+    sub = predict_submission(smoke_run["data"], out, path, PredictConfig(localizer=smoke_localizer["name"]),
+                             show_progress=False)
     return path, sub
 
 
@@ -102,7 +95,7 @@ def test_packed_weights_predict_the_same_without_settings(smoke_run, smoke_local
     path, _ = submission
     packed = pack(smoke_run["out"], tmp_path / "pack", PredictConfig(localizer=smoke_localizer["name"]))
     assert (packed / smoke_localizer["name"] / "localizer.pt").is_file()
-    again = predict(smoke_run["data"], packed, tmp_path / "s.csv", PredictConfig(), progress=False)
+    again = predict_submission(smoke_run["data"], packed, tmp_path / "s.csv", PredictConfig(), show_progress=False)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), pd.read_csv(path), check_exact=False, atol=1e-6)
 
 
@@ -110,7 +103,7 @@ def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):
     path, _ = submission
     solution = pd.read_csv(smoke_run["data"] / schema.TEST_SOLUTION_CSV)
     sub = pd.read_csv(path)
-    prior = prior_submission(sub.row_id.tolist(), prior_probabilities(load_train_labels(smoke_run["data"])))
+    prior = fill_with_prior(sub.row_id.tolist(), None, prior_probabilities(load_train_labels(smoke_run["data"])))
     ours, base = score(solution, sub)["score"], score(solution, prior)["score"]
     assert ours < base - 0.1, (ours, base)
 
@@ -120,7 +113,7 @@ def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, 
     localised one comes from held-out localiser points and still beats the class prior clearly."""
     name = smoke_run["cfg"].experiment
     table = localized_oof(smoke_run["data"], smoke_run["out"], PredictConfig(localizer=smoke_localizer["name"]),
-                          tmp_path / "localized_oof.csv", progress=False).set_index("model")
+                          tmp_path / "localized_oof.csv", show_progress=False).set_index("model")
     assert set(table.index) == {name, "ensemble"}
     points = pd.read_csv(smoke_run["out"] / smoke_localizer["name"] / "oof_points.csv")
     labels = load_train_labels(smoke_run["data"])
@@ -131,7 +124,8 @@ def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, 
     written = pd.read_csv(tmp_path / "localized_oof.csv")
     assert len(written) == 25 * labels.study_id.nunique()
     assert table.loc["ensemble", "localised_score"] == pytest.approx(score(solution, written)["score"], abs=1e-9)
-    prior = prior_submission(written.row_id.tolist(), prior_probabilities(load_train_labels(smoke_run["data"])))
+    prior = fill_with_prior(written.row_id.tolist(), None,
+                            prior_probabilities(load_train_labels(smoke_run["data"])))
     assert table.loc[name, "localised_score"] < score(solution, prior)["score"] - 0.1, table.loc[name]
     own = pd.read_csv(smoke_run["out"] / name / "oof_localized.csv")  # what 04_ensemble can fit on
     assert table.loc[name, "localised_score"] == pytest.approx(score(solution, own)["score"], abs=1e-9)
@@ -150,8 +144,8 @@ def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, tmp_path,
     files = sorted((data / schema.TEST_IMAGES / str(corrupt) / str(t2)).glob("*.dcm"))
     files[len(files) // 2].write_bytes(b"\x00garbage")
     caplog.set_level(logging.WARNING)
-    sub = predict(data, smoke_run["out"], tmp_path / "s.csv", PredictConfig(localizer=smoke_localizer["name"]),
-                  progress=False)
+    sub = predict_submission(data, smoke_run["out"], tmp_path / "s.csv",
+                             PredictConfig(localizer=smoke_localizer["name"]), show_progress=False)
     sample = pd.read_csv(data / schema.SAMPLE_SUBMISSION_CSV)
     assert sub.row_id.tolist() == sample.row_id.tolist()
     for study in (gone, corrupt):

@@ -22,24 +22,27 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from lsdc import config as config_mod
-from lsdc import report as rep
 from lsdc import schema
-from lsdc.crops import INDEX_COLUMNS, CropConfig, save_crop
+from lsdc.comparison import PAPER_VARIANTS, variant_config
+from lsdc.crops import INDEX_COLUMNS, CropConfig, load_crop, save_crop
 from lsdc.errors import ConfigError, DataError
-from lsdc.gradcam import grad_cam, target_layer
-from lsdc.models import ModelConfig, create_model
-from lsdc.synthetic import MARKER
-from lsdc.train import (
+from lsdc.experiment import (
     COND_INDEX,
-    N_COND,
-    PAPER_CLASSES,
-    CropDataset,
+    N_CONDITIONS,
     ExperimentConfig,
     FoldConfig,
     TrainConfig,
     load_checkpoint,
     save_checkpoint,
+    to_input,
 )
+from lsdc.explain import explain, grad_cam, target_layer
+from lsdc.models import AttentionConfig, ModelConfig, create_model
+from lsdc.paper import PAPER_CLASSES
+from lsdc.report import SYNTHETIC_DISCLAIMER, build_report, markdown_table
+from lsdc.report import figures as fig
+from lsdc.report.tables import ALL
+from lsdc.synthetic import MARKER
 
 ROOT = Path(__file__).parents[1]
 SIZE = 64
@@ -53,9 +56,10 @@ ABLATED = {"attention_paper_t_no_cbam": "use_cbam", "attention_paper_t_no_mhsa":
 BASELINE = "resnet18_paper_t"
 
 
-def _cfg(**model: object) -> ExperimentConfig:
+def _cfg(**attention: object) -> ExperimentConfig:
     return ExperimentConfig(tag="t", crops=CropConfig(size=SIZE, n_slices=3), folds=FoldConfig(n_folds=2),
-                            model=ModelConfig(**{**SMALL_MODEL, **model}), train=TrainConfig(task="paper"))
+                            model=ModelConfig(attention=AttentionConfig(**{**SMALL_MODEL, **attention})),
+                            train=TrainConfig(task="paper"))
 
 
 def _crop(rng: np.random.Generator, severe: bool) -> np.ndarray:
@@ -114,19 +118,16 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     probs = np.zeros(len(base))
     for fold in (0, 1):
         torch.manual_seed(100 + fold)
-        mcfg = dataclasses.replace(cfg.model, num_classes=N_COND * 2, in_chans=3)
-        model = create_model(mcfg).eval()
+        model = create_model(cfg.network_config()).eval()
         save_checkpoint(out / FULL / f"fold{fold}" / "best.pt",
                         {"config": config_mod.to_dict(cfg), "classes": list(PAPER_CLASSES),
                          "conditions": list(schema.CONDITIONS), "mean": MEAN, "std": STD, "fold": fold,
                          "model": model.state_dict(), "epoch": 1, "val_loss": 0.5})
         sel = (task.fold == fold).to_numpy()
-        table = pd.DataFrame({"path": [str(crops_dir / p) for p in task.path[sel]],
-                              "cond": task.condition[sel].map(COND_INDEX).to_numpy(), "target": base.target[sel]})
-        ds = CropDataset(table, 3, np.asarray(MEAN), np.asarray(STD))
-        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        x = to_input(np.stack([load_crop(crops_dir / p, 3) for p in task.path[sel]]), MEAN, STD)
+        cond = torch.tensor(task.condition[sel].map(COND_INDEX).to_list())
         with torch.no_grad():
-            logits = model(x).view(len(x), N_COND, 2)[torch.arange(len(x)), torch.tensor(table.cond.to_list())]
+            logits = model(x).view(len(x), N_CONDITIONS, 2)[torch.arange(len(x)), cond]
         probs[sel] = torch.softmax(logits, dim=1)[:, 1].numpy()
     full = base.assign(normal_mild=1 - probs, severe=probs)
     _write_experiment(out, FULL, cfg, full, 12345, 10.0)
@@ -143,7 +144,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config_mod.save(comp, out / "attention_comp" / "config.yaml")
     config_mod.save(_cfg(num_heads=2), out / "attention_paper_unfinished" / "config.yaml")
 
-    report = rep.build_report(out, data)
+    report = build_report(out, data)
     return {"out": out, "data": data, "real": real, "report": report, "crops_dir": crops_dir, "index": index}
 
 
@@ -172,7 +173,7 @@ def test_table2_equals_sklearn_on_saved_predictions(outputs):
     out, r = outputs["out"], outputs["report"]
     t2 = r.tables["table2_models"]
     text = r.markdown.read_text()
-    assert rep.markdown_table(t2) in text
+    assert markdown_table(t2) in text
     for _, row in t2.iterrows():
         preds = pd.read_csv(out / row.experiment / "oof_paper.csv")
         _assert_scores(row, preds)
@@ -188,7 +189,7 @@ def test_table2_equals_sklearn_on_saved_predictions(outputs):
 def test_table3_per_condition_equals_sklearn(outputs):
     out, r = outputs["out"], outputs["report"]
     t3 = r.tables["table3_conditions"]
-    assert rep.markdown_table(t3) in r.markdown.read_text()
+    assert markdown_table(t3) in r.markdown.read_text()
     assert len(t3) == len(r.experiments) * len(schema.CONDITIONS)
     for _, row in t3.iterrows():
         preds = pd.read_csv(out / row.experiment / "oof_paper.csv")
@@ -198,14 +199,14 @@ def test_table3_per_condition_equals_sklearn(outputs):
 def test_table4_ablations_from_config_switches(outputs):
     out, r = outputs["out"], outputs["report"]
     t4 = r.tables["table4_ablations"]
-    assert rep.markdown_table(t4) in r.markdown.read_text()
+    assert markdown_table(t4) in r.markdown.read_text()
     assert list(dict.fromkeys(t4.experiment)) == [FULL, *ABLATED]     # baseline not an ablation; full first
     assert set(t4.removed) == {"none", "cbam", "mhsa", "slot"}
     full = pd.read_csv(out / FULL / "oof_paper.csv")
     for _, row in t4.iterrows():
         preds = pd.read_csv(out / row.experiment / "oof_paper.csv")
         ref = full
-        if row.condition != rep.ALL:
+        if row.condition != ALL:
             preds, ref = preds[preds.condition == row.condition], full[full.condition == row.condition]
         _assert_scores(row, preds)
         assert row.d_f1 == pytest.approx(_sk(preds)["f1"] - _sk(ref)["f1"], abs=1e-12)
@@ -215,20 +216,20 @@ def test_figures_are_png_of_expected_size_and_not_blank(outputs):
     r = outputs["report"]
     n_exp, n_cond = len(r.experiments), len(schema.CONDITIONS)
     expected = {
-        "confusion": (n_exp * rep.CONFUSION_CELL_IN[1], (n_cond + 1) * rep.CONFUSION_CELL_IN[0]),
-        "roc": (2 * rep.ROC_CELL_IN[1], rep.ROC_COLS * rep.ROC_CELL_IN[0]),
-        "bars": (rep.BAR_SIZE_IN[1], rep.BAR_SIZE_IN[0]),
+        "confusion": (n_exp * fig.CONFUSION_CELL_IN[1], (n_cond + 1) * fig.CONFUSION_CELL_IN[0]),
+        "roc": (2 * fig.ROC_CELL_IN[1], fig.ROC_COLS * fig.ROC_CELL_IN[0]),
+        "bars": (fig.BAR_SIZE_IN[1], fig.BAR_SIZE_IN[0]),
     }
     cases = [k for k in r.figures if k.startswith("cases/")]
     assert sorted(cases) == sorted(f"cases/{FULL}/{schema.CONDITION_INFO[c].slug}" for c in schema.CONDITIONS)
     for key in cases:    # crop, Grad-CAM, CBAM, MHSA, slots; correct | misclassified
-        expected[key] = (2 * rep.CASE_CELL_IN + 0.5, 10 * rep.CASE_CELL_IN)
+        expected[key] = (2 * fig.CASE_CELL_IN + 0.5, 10 * fig.CASE_CELL_IN)
     text = r.markdown.read_text()
     for key, (h_in, w_in) in expected.items():
         path = r.figures[key]
         img = cv2.imread(str(path))
         assert img is not None, path
-        assert img.shape[:2] == (round(h_in * rep.DPI), round(w_in * rep.DPI)), key
+        assert img.shape[:2] == (round(h_in * fig.DPI), round(w_in * fig.DPI)), key
         assert img.std() > 10, f"{key} looks blank"
         assert f"]({path.name})" in text
     for name in ("table2_models", "table3_conditions", "table4_ablations", "misclassified", "cases"):
@@ -248,10 +249,8 @@ def test_attention_maps_have_crop_shape_and_their_definitions(outputs):
     out, index = outputs["out"], outputs["index"]
     model, meta = load_checkpoint(out / FULL / "fold0" / "best.pt")
     row = index[index.level == "L4/L5"].iloc[3]
-    table = pd.DataFrame({"path": [str(outputs["crops_dir"] / row.path)], "cond": [COND_INDEX[row.condition]],
-                          "target": [0]})
-    x = CropDataset(table, 3, np.asarray(meta["mean"]), np.asarray(meta["std"]))[0][0][None]
-    maps = rep.explain(model, x, COND_INDEX[row.condition], 2)
+    x = to_input(load_crop(outputs["crops_dir"] / row.path, 3)[None], meta["mean"], meta["std"])
+    maps = explain(model, x, COND_INDEX[row.condition], 2)
     assert maps.probs.shape == (2,) and maps.probs.sum() == pytest.approx(1.0, abs=1e-6)
     for m in (maps.gradcam, maps.cbam, maps.mhsa):
         assert m is not None and m.shape == (SIZE, SIZE)
@@ -263,7 +262,7 @@ def test_attention_maps_have_crop_shape_and_their_definitions(outputs):
     heads, n, n2 = maps.mhsa_tokens.shape
     assert heads == SMALL_MODEL["num_heads"] and n == n2
     assert np.allclose(maps.mhsa_tokens.sum(axis=-1), 1.0, atol=1e-5)
-    d = rep.mhsa_display(maps.mhsa)
+    d = fig.mhsa_display(maps.mhsa)
     assert d.min() >= 0 and d.max() <= 1
 
 
@@ -271,7 +270,7 @@ def test_gradcam_on_a_timm_model_uses_its_last_feature_stage():
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=N_COND * 2).eval()
+    model = timm.create_model("resnet18", pretrained=False, num_classes=N_CONDITIONS * 2).eval()
     assert target_layer(model) is model.layer4
     cam, probs = grad_cam(model, torch.randn(1, 3, SIZE, SIZE), cond=2, k=2)
     assert cam.shape == (SIZE, SIZE) and 0 <= cam.min() and cam.max() <= 1
@@ -280,26 +279,26 @@ def test_gradcam_on_a_timm_model_uses_its_last_feature_stage():
 
 
 def test_disclaimer_only_on_synthetic_data(outputs, tmp_path):
-    assert rep.SYNTHETIC_DISCLAIMER in outputs["report"].markdown.read_text()
-    real = rep.build_report(outputs["out"], outputs["real"], experiments=[FULL, BASELINE], cases_for=[],
+    assert SYNTHETIC_DISCLAIMER in outputs["report"].markdown.read_text()
+    real = build_report(outputs["out"], outputs["real"], experiments=[FULL, BASELINE], cases_for=[],
                             report_dir=tmp_path / "real_report")
     text = real.markdown.read_text()
-    assert rep.SYNTHETIC_DISCLAIMER not in text and "real competition data" in text
+    assert SYNTHETIC_DISCLAIMER not in text and "real competition data" in text
     assert real.cases.empty and not any(k.startswith("cases/") for k in real.figures)
 
 
 def test_user_errors_name_the_experiment_or_file(outputs):
     out, data = outputs["out"], outputs["data"]
     with pytest.raises(DataError, match="attention_missing"):
-        rep.build_report(out, data, experiments=["attention_missing"])
+        build_report(out, data, experiments=["attention_missing"])
     with pytest.raises(DataError, match="attention_comp.*competition"):
-        rep.build_report(out, data, experiments=["attention_comp"])
+        build_report(out, data, experiments=["attention_comp"])
     with pytest.raises(DataError, match="oof_paper.csv"):
-        rep.build_report(out, data, experiments=["attention_paper_unfinished"])
+        build_report(out, data, experiments=["attention_paper_unfinished"])
     with pytest.raises(DataError, match="nowhere"):
-        rep.build_report(out, out / "nowhere")
+        build_report(out, out / "nowhere")
     with pytest.raises(DataError, match=BASELINE):
-        rep.build_report(out, data, experiments=[FULL], cases_for=[BASELINE], report_dir=out / "unused")
+        build_report(out, data, experiments=[FULL], cases_for=[BASELINE], report_dir=out / "unused")
     assert not (out / "unused").exists()
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "06_paper_report.py"), "--output-dir", str(out),
                            "--data-dir", str(data), "--experiments", "attention_missing"],
@@ -309,14 +308,16 @@ def test_user_errors_name_the_experiment_or_file(outputs):
 
 def test_comparison_variants_differ_only_where_they_should():
     base = config_mod.load(ExperimentConfig, ROOT / "configs" / "paper_smoke.yaml")
-    cfgs = {v: rep.variant_config(base, v, baseline_steps=2) for v in rep.PAPER_VARIANTS}
+    cfgs = {v: variant_config(base, v, baseline_steps=2) for v in PAPER_VARIANTS}
     assert len({c.experiment for c in cfgs.values()}) == len(cfgs)
     assert all(c.train.task == "paper" for c in cfgs.values())
     assert cfgs["attention"].experiment == "attention_paper_smoke"
-    assert cfgs["no_mhsa"].experiment == "attention_paper_smoke_no_mhsa" and not cfgs["no_mhsa"].model.use_mhsa
-    assert cfgs["no_cbam"].model.use_mhsa and cfgs["no_cbam"].model.use_slot and not cfgs["no_cbam"].model.use_cbam
+    assert cfgs["no_mhsa"].experiment == "attention_paper_smoke_no_mhsa"
+    assert not cfgs["no_mhsa"].model.attention.use_mhsa
+    no_cbam = cfgs["no_cbam"].model.attention
+    assert no_cbam.use_mhsa and no_cbam.use_slot and not no_cbam.use_cbam
     assert cfgs["densenet201"].model.name == "densenet201" and cfgs["densenet201"].train.max_steps_per_epoch == 2
     assert cfgs["attention"].train.max_steps_per_epoch is None
     assert cfgs["resnet101"].crops == base.crops and cfgs["resnet101"].folds == base.folds
     with pytest.raises(ConfigError, match="attention model"):
-        rep.variant_config(cfgs["densenet201"], "no_cbam")
+        variant_config(cfgs["densenet201"], "no_cbam")

@@ -200,10 +200,10 @@ def test_deterministic_and_refuses_foreign_folders(tmp_path):
     """Same seed, same bytes: in this process and in others with other string-hash seeds (a set of
     strings once decided the order of the random draws, so each new process rendered other pixels)."""
     cfg = SyntheticConfig(train_studies=1, test_studies=1, seed=9, workers=1)
-    generate(tmp_path / "a", cfg, progress=False)
-    generate(tmp_path / "b", cfg, progress=False)
+    generate(tmp_path / "a", cfg, show_progress=False)
+    generate(tmp_path / "b", cfg, show_progress=False)
     code = ("import sys; from lsdc.synthetic import SyntheticConfig as C, generate; "
-            "generate(sys.argv[1], C(train_studies=1, test_studies=1, seed=9, workers=1), progress=False)")
+            "generate(sys.argv[1], C(train_studies=1, test_studies=1, seed=9, workers=1), show_progress=False)")
     for hash_seed in ("1", "2", "3"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / f"h{hash_seed}")], check=True, timeout=120,
                        env={**os.environ, "PYTHONHASHSEED": hash_seed})
@@ -216,5 +216,5 @@ def test_deterministic_and_refuses_foreign_folders(tmp_path):
     real.mkdir()
     (real / "train.csv").write_text("study_id\n")
     with pytest.raises(DataError, match="refusing"):
-        generate(real, cfg, progress=False)
+        generate(real, cfg, show_progress=False)
     assert (real / "train.csv").read_text() == "study_id\n"

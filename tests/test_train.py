@@ -13,19 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+import lsdc.train as train_mod
 from lsdc import schema
 from lsdc.crops import save_crop
-from lsdc.train import (
-    COND_INDEX,
-    CropDataset,
-    TrainConfig,
-    lr_flip_condition,
-    paper_metrics,
-    run,
-    select_logits,
-    weighted_ce,
-)
+from lsdc.errors import ConfigError
+from lsdc.experiment import COND_INDEX, TrainConfig, load_checkpoint, select_logits
+from lsdc.paper import paper_summary
+from lsdc.train import CropDataset, lr_flip_condition, train_experiment, weighted_ce
 
 ROOT = Path(__file__).parents[1]
 
@@ -93,11 +89,9 @@ def test_select_logits_and_weighted_ce():
 
 
 def test_paper_metrics_match_sklearn():
-    from sklearn.metrics import f1_score, roc_auc_score
-
     preds = pd.DataFrame({"condition": ["a"] * 4 + ["b"] * 4, "target": [0, 0, 1, 1, 0, 1, 1, 1],
                           "severe": [0.1, 0.6, 0.7, 0.4, 0.2, 0.9, 0.3, 0.8]})
-    m = paper_metrics(preds)
+    m = paper_summary(preds)
     assert m["overall"]["accuracy"] == pytest.approx(5 / 8)
     assert m["overall"]["f1"] == pytest.approx(f1_score(preds.target, preds.severe >= 0.5))
     assert m["per_condition"]["a"]["auc"] == pytest.approx(roc_auc_score([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.4]))
@@ -124,8 +118,6 @@ def test_smoke_training_beats_the_prior(smoke_run):
 
 
 def test_checkpoint_holds_what_inference_needs(smoke_run):
-    from lsdc.train import load_checkpoint
-
     exp = smoke_run["out"] / smoke_run["cfg"].experiment
     model, meta = load_checkpoint(exp / "fold0" / "best.pt")
     assert meta["classes"] == list(schema.SEVERITY_COLUMNS)
@@ -135,12 +127,10 @@ def test_checkpoint_holds_what_inference_needs(smoke_run):
 
 
 def test_interrupted_fold_resumes(smoke_run, monkeypatch):
-    import lsdc.train as train_mod
-
     cfg = dataclasses.replace(smoke_run["cfg"], tag="resume")
     cfg.train = dataclasses.replace(cfg.train, epochs=3, patience=10, max_steps_per_epoch=2)
     cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
-    real_predict, calls = train_mod.predict, {"n": 0}
+    real_predict, calls = train_mod.predict_loader, {"n": 0}
 
     def crash_on_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -148,33 +138,29 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "predict", crash_on_second_epoch)
+    monkeypatch.setattr(train_mod, "predict_loader", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, smoke_run["data"], smoke_run["out"])
+        train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     fold_dir = smoke_run["out"] / cfg.experiment / "fold0"
     assert (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "predict", real_predict)
-    run(cfg, smoke_run["data"], smoke_run["out"])
+    monkeypatch.setattr(train_mod, "predict_loader", real_predict)
+    train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     epochs = pd.read_csv(fold_dir / "epochs.csv")
     assert epochs.epoch.tolist() == [1, 2, 3]          # resumed after epoch 1, not restarted
     assert json.loads((fold_dir / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def test_other_settings_in_the_same_folder_are_refused(smoke_run):
-    from lsdc.errors import ConfigError
-
     cfg = dataclasses.replace(smoke_run["cfg"])
     cfg.train = dataclasses.replace(cfg.train, lr=0.5)
     with pytest.raises(ConfigError, match="train.lr"):
-        run(cfg, smoke_run["data"], smoke_run["out"])
+        train_experiment(cfg, smoke_run["data"], smoke_run["out"])
 
 
 def test_paper_task_on_smoke_crops(smoke_run):
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
     cfg = dataclasses.replace(smoke_run["cfg"])
     cfg.train = dataclasses.replace(cfg.train, task="paper", split="holdout", epochs=2)
-    s = run(cfg, smoke_run["data"], smoke_run["out"])
+    s = train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     preds = pd.read_csv(smoke_run["out"] / cfg.experiment / "oof_paper.csv")
     assert set(preds.level) == {"L4/L5"} and "Moderate" not in set(preds.label)
     o = s["paper_metrics"]["overall"]

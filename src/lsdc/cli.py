@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lsdc import config as config_mod
+from lsdc.errors import LsdcError
 
 DEFAULT_DATA_DIR = Path("input/rsna-2024-lumbar-spine-degenerative-classification")
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -75,8 +76,6 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> logging.Logger:
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a script's ``main`` and turn user errors into one line on stderr and exit code 2."""
-    from lsdc.errors import LsdcError
-
     try:
         code = main(argv)
     except LsdcError as exc:
@@ -87,12 +86,3 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
-
-
-def progress(iterable: Any, **kwargs: Any) -> Any:
-    """A tqdm progress bar on stderr (quiet when stderr is not a terminal unless forced)."""
-    from tqdm.auto import tqdm
-
-    kwargs.setdefault("dynamic_ncols", True)
-    kwargs.setdefault("mininterval", 1.0)
-    return tqdm(iterable, **kwargs)

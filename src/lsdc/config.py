@@ -6,6 +6,7 @@ in a config never silently trains the wrong experiment.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -130,8 +131,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Return a copy of nested ``data`` with each ``key.sub=value`` applied."""
-    import copy
-
     data = copy.deepcopy(data)
     for text in overrides or []:
         path, value = parse_override(text)
@@ -175,8 +174,6 @@ def _merge(base: dict[str, Any], new: dict[str, Any], cls: Any, prefix: str = ""
         else:
             out[key] = value
     return out
-
-
 
 
 def save(cfg: Any, path: str | Path) -> None:

@@ -9,6 +9,8 @@ slices of other shapes or oblique blocks in the same series are handled.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -20,17 +22,23 @@ import numpy as np
 import pandas as pd
 
 from lsdc import schema
+from lsdc.data import images_dir, load_coordinates, load_train_labels
 from lsdc.dicom import Series, load_series
-from lsdc.errors import DataError
+from lsdc.errors import ConfigError, DataError
 from lsdc.geometry import patient_to_pixel
-from lsdc.io import atomic_path, read_csv_checked, write_csv
+from lsdc.io import atomic_path, write_csv, write_json
+from lsdc.progress import progress
 
 log = logging.getLogger(__name__)
 
 INDEX_CSV = "index.csv"
 ERRORS_CSV = "errors.csv"
 CONTACT_SHEET = "contact_sheet.png"
+SETTINGS_JSON = "settings.json"
 INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instance_number", "x", "y", "path")
+
+
+PIXEL_SETTINGS = ("size", "n_slices", "spinal_mm", "foraminal_mm", "subarticular_mm", "low_pct", "high_pct")
 
 
 @dataclass
@@ -50,14 +58,19 @@ class CropConfig:
     def mm(self, condition: str) -> float:
         return float(getattr(self, f"{schema.CONDITION_INFO[condition].group}_mm"))
 
+    def pixel_settings(self) -> dict[str, float]:
+        """Every setting that changes a crop's pixels (not the worker count or the contact sheet)."""
+        return {k: getattr(self, k) for k in PIXEL_SETTINGS}
+
     @property
     def dirname(self) -> str:
-        """Crops of different settings live side by side (e.g. smoke 64 px and paper 224 px)."""
-        return f"crops_{self.size}px_{self.n_slices}sl"
+        """Crops of different settings live side by side (e.g. smoke 64 px and paper 224 px); the name
+        carries a digest of every pixel setting, so changing the size in mm or the window never reuses
+        crops cut with the old value."""
+        digest = hashlib.sha1(json.dumps(self.pixel_settings(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"crops_{self.size}px_{self.n_slices}sl_{digest}"
 
     def check(self) -> None:
-        from lsdc.errors import ConfigError
-
         if self.n_slices not in (1, 3, 5):
             raise ConfigError(f"config key 'crops.n_slices' must be 1, 3 or 5, got {self.n_slices}")
         if self.size < 16:
@@ -245,20 +258,12 @@ def _study_task(args: tuple[Path, list[CropRequest], CropConfig, Path]) -> tuple
 
 def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
     """Labeled (study, condition, level) cells that have a coordinate, grouped by study."""
-    from lsdc.folds import load_train_labels
-
     train = load_train_labels(data_dir).set_index("study_id")
-    path = data_dir / schema.COORDS_CSV
-    coords = read_csv_checked(path, schema.COORD_COLUMNS)
-    unknown = set(coords.condition) - set(schema.CONDITIONS)
-    if unknown:
-        raise DataError(f"{path}: unknown condition {sorted(unknown)[0]!r}")
+    coords = load_coordinates(data_dir)
     out: dict[int, list[CropRequest]] = {}
-    # One point per cell: the first row (real data has a few duplicates).
-    coords = coords.drop_duplicates(subset=["study_id", "condition", "level"], keep="first")
     for r in coords.itertuples(index=False):
         if r.study_id not in train.index:
-            log.warning("%s: study %s has coordinates but no train.csv row; skipped", path.name, r.study_id)
+            log.warning("%s: study %s has coordinates but no train.csv row; skipped", schema.COORDS_CSV, r.study_id)
             continue
         label = train.at[r.study_id, schema.label_column(r.condition, r.level)]
         if pd.isna(label):
@@ -269,7 +274,7 @@ def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
     return out
 
 
-def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, progress: bool = True) -> Path:
+def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_progress: bool = True) -> Path:
     """Write the training crops, their index and a contact sheet; returns the crops folder.
 
     Studies run in parallel; crops already written and valid are kept (a rerun resumes); a study that
@@ -279,17 +284,18 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, progr
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     crops_dir = output_dir / cfg.dirname
     requests = training_requests(data_dir)
-    images = data_dir / schema.TRAIN_IMAGES
+    images = images_dir(data_dir, "train")
+    write_json(crops_dir / SETTINGS_JSON, cfg.pixel_settings())
     tasks = [(images / str(sid), reqs, cfg, crops_dir) for sid, reqs in sorted(requests.items())]
     log.info("cropping %d cells of %d studies into %s", sum(len(t[1]) for t in tasks), len(tasks), crops_dir)
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-            results = _bar(pool.map(_study_task, tasks, chunksize=1), len(tasks), progress)
-            collected = list(results)
+            collected = list(progress(pool.map(_study_task, tasks, chunksize=1), "crops", len(tasks),
+                                      enabled=show_progress))
     else:
-        collected = list(_bar(map(_study_task, tasks), len(tasks), progress))
+        collected = list(progress(map(_study_task, tasks), "crops", len(tasks), enabled=show_progress))
     for study_id, study_rows, err in collected:
         rows.extend(study_rows)
         if err:
@@ -304,14 +310,6 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, progr
     if len(index):
         contact_sheet(index, crops_dir, cfg)
     return crops_dir
-
-
-def _bar(it: Any, total: int, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from lsdc.cli import progress
-
-    return progress(it, total=total, desc="crops", unit="study")
 
 
 def contact_sheet(index: pd.DataFrame, crops_dir: Path, cfg: CropConfig, tile: int = 96) -> Path:

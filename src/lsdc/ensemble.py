@@ -36,18 +36,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import optimize
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from lsdc import metric, schema
 from lsdc.errors import ConfigError, DataError
+from lsdc.experiment import OOF_CSV, load_experiment_config
 from lsdc.io import write_csv, write_json, write_text
+from lsdc.models import ATTENTION
 
 log = logging.getLogger(__name__)
 
-OOF_CSV = "oof.csv"
-CONFIG_YAML = "config.yaml"
 TABLE_CSV = "oof_table.csv"
 TABLE_MD = "oof_table.md"
 SPEC_JSON = "ensemble.json"
@@ -56,7 +56,6 @@ SPEC_VERSION = 1
 ENSEMBLE = "ensemble"              # the ensemble's row name and kind in the comparison table
 UNKNOWN_KIND = "unknown"           # an experiment without a readable config.yaml model section
 ABLATION_KIND = "ablation"         # the attention model with one of its components switched off
-ATTENTION_MODEL = "attention"      # the registry name of the paper's model
 COMBINE_RULE = "weighted arithmetic mean of per-group tempered probabilities, renormalised per row"
 FIT_OBJECTIVE = ("per group: the official weighted log loss of the group on OOF, "
                  f"plus {metric.ANY_SEVERE_KEY} for the {metric.SPINAL_GROUP} group")
@@ -142,20 +141,15 @@ def discover_experiments(output_dir: str | os.PathLike, oof_file: str = OOF_CSV)
 
 def experiment_kind(exp_dir: str | os.PathLike) -> str:
     """The model kind of an experiment from its config.yaml: the model name, or ``ablation`` for the
-    attention model with a component switched off (a ``use_*`` flag false)."""
-    path = Path(exp_dir) / CONFIG_YAML
+    attention model with an attention branch switched off."""
     try:
-        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError) as exc:
-        log.warning("%s cannot be read (%s): kind %r", path, exc, UNKNOWN_KIND)
+        model = load_experiment_config(exp_dir).model
+    except DataError as exc:
+        log.warning("%s (kind %r)", exc, UNKNOWN_KIND)
         return UNKNOWN_KIND
-    model = cfg.get("model") if isinstance(cfg, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-        return UNKNOWN_KIND
-    name = model["name"]
-    if name == ATTENTION_MODEL and any(k.startswith("use_") and v is False for k, v in model.items()):
+    if model.name == ATTENTION and model.attention.branches_off:
         return ABLATION_KIND
-    return name
+    return model.name
 
 
 def read_oof(path: str | os.PathLike) -> pd.DataFrame:
@@ -441,6 +435,13 @@ def _fit_group(data: _GroupData, best: int, temperature: bool, min_weight: float
     return w, t, loss
 
 
+def equal_spec(models: list[str]) -> EnsembleSpec:
+    """Every model with the same weight in every group, T = 1: the blend when none was fitted."""
+    w = {g: {m: 1.0 / len(models) for m in models} for g in schema.GROUPS}
+    return EnsembleSpec(models=list(models), weights=w, temperatures={g: 1.0 for g in schema.GROUPS},
+                        experiments={m: m for m in models})
+
+
 def _single_spec(models: list[str], chosen: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     weights = {g: {m: float(m == chosen) for m in models} for g in schema.GROUPS}
     return weights, {g: 1.0 for g in schema.GROUPS}
@@ -577,8 +578,6 @@ def _ovr_macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
     With all classes present this is sklearn's ``roc_auc_score(multi_class='ovr')``; with two it is
     the mean of the same per-class binary AUCs (sklearn refuses a class absent from ``y``).
     """
-    from sklearn.metrics import roc_auc_score
-
     classes = np.unique(y)
     if len(classes) < 2:
         return float("nan")
@@ -589,8 +588,6 @@ def _ovr_macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
 
 def _condition_metrics(solution: pd.DataFrame, df: pd.DataFrame) -> dict[str, float]:
     """Per condition: accuracy, macro-F1 (argmax vs label) and OVR macro AUC on the labeled rows."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     ids = solution[ROW_ID].astype(str)
     probs = df.set_index(ROW_ID).loc[ids.to_numpy(), SEV].to_numpy(dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)

@@ -13,26 +13,14 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lsdc import schema
+from lsdc.data import load_train_labels
 from lsdc.errors import DataError
-from lsdc.io import read_csv_checked, write_csv
+from lsdc.io import write_csv
 
 
 def folds_csv(n_folds: int) -> str:
     """One file per fold count, so a 2-fold smoke run never reshuffles a 5-fold experiment."""
     return f"folds_{n_folds}.csv"
-
-
-def load_train_labels(data_dir: str | Path) -> pd.DataFrame:
-    """train.csv with its 25 label columns checked (empty cells stay NaN)."""
-    path = Path(data_dir) / schema.TRAIN_CSV
-    df = read_csv_checked(path, schema.TRAIN_COLUMNS, "is --data-dir the competition folder?",
-                          keep_default_na=False, na_values=[""])
-    bad = ~df[list(schema.LABEL_COLUMNS)].isin(schema.SEVERITIES) & df[list(schema.LABEL_COLUMNS)].notna()
-    if bad.to_numpy().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise DataError(f"{path}: study {df.study_id.iloc[r]} has unknown label "
-                        f"{df.iloc[r][schema.LABEL_COLUMNS[c]]!r} in {schema.LABEL_COLUMNS[c]}")
-    return df
 
 
 def make_folds(train: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -70,6 +58,7 @@ def prepare_folds(data_dir: str | Path, output_dir: str | Path, n_folds: int = 5
 
 
 def load_folds(output_dir: str | Path, n_folds: int) -> pd.DataFrame:
+    """study_id -> fold of ``output_dir/folds_<n_folds>.csv``."""
     path = Path(output_dir) / folds_csv(n_folds)
     if not path.is_file():
         raise DataError(f"{path} not found: run scripts/01_prepare_crops.py first")

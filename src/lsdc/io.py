@@ -6,11 +6,16 @@ An interrupted run therefore never leaves a half-written CSV, PNG or checkpoint 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+
+from lsdc.errors import DataError
 
 
 @contextlib.contextmanager
@@ -50,18 +55,12 @@ def write_csv(df: Any, path: str | os.PathLike, **kwargs: Any) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    import json
-
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_csv_checked(path: str | os.PathLike, columns: tuple[str, ...] | list[str], hint: str = "",
                      **kwargs: Any) -> Any:
     """Read a CSV that must hold ``columns``; a missing file or column is a DataError naming the file."""
-    import pandas as pd
-
-    from lsdc.errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found{': ' + hint if hint else ''}")

@@ -36,15 +36,19 @@ from torch import nn
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.crops import CropRequest
-from lsdc.dicom import Series, load_series
+from lsdc.crops import CropRequest, intensity_window, neighbour_indices, resample_patch
+from lsdc.data import images_dir, load_coordinates, load_series_descriptions, load_study_series
+from lsdc.dicom import Series, read_header
 from lsdc.errors import ConfigError, DataError
+from lsdc.experiment import CONFIG_YAML, METRICS_JSON, FoldConfig, resolve_device
+from lsdc.folds import load_folds
 from lsdc.geometry import inside_image, patient_to_pixel, pixel_to_patient
-from lsdc.io import atomic_path, read_csv_checked, write_csv, write_json
-from lsdc.train import FoldConfig
+from lsdc.io import atomic_path, write_csv, write_json
+from lsdc.models import KeypointNet, SliceScorer
 
 log = logging.getLogger(__name__)
 SPINAL = schema.condition_for("spinal")
+LOCALIZER_PT = "localizer.pt"
 OOF_POINTS_CSV = "oof_points.csv"
 # Per held-out annotated point: the error, and the crop request the localiser made for it (empty when it
 # placed none), so that lsdc.predict.localized_oof can classify exactly these crops.
@@ -85,53 +89,7 @@ class LocalizerExperiment:
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
 
-# ----------------------------------------------------------------------------- network
-
-
-class ConvBlock(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class KeypointNet(nn.Module):
-    """A small U-Net: (B, C, S, S) slices -> (B, K, S/4, S/4) heatmap logits, one channel per level."""
-
-    def __init__(self, in_chans: int = 3, n_points: int = N_LEVELS, width: int = 16) -> None:
-        super().__init__()
-        w = width
-        self.e1 = ConvBlock(in_chans, w, 2)        # S/2
-        self.e2 = ConvBlock(w, 2 * w, 2)           # S/4
-        self.e3 = ConvBlock(2 * w, 4 * w, 2)       # S/8
-        self.e4 = ConvBlock(4 * w, 8 * w, 2)       # S/16
-        self.d3 = ConvBlock(8 * w + 4 * w, 4 * w)
-        self.d2 = ConvBlock(4 * w + 2 * w, 2 * w)
-        self.head = nn.Conv2d(2 * w, n_points, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.e1(x)
-        e2 = self.e2(e1)
-        e3 = self.e3(e2)
-        e4 = self.e4(e3)
-        d3 = self.d3(torch.cat([nn.functional.interpolate(e4, size=e3.shape[-2:]), e3], 1))
-        d2 = self.d2(torch.cat([nn.functional.interpolate(d3, size=e2.shape[-2:]), e2], 1))
-        return self.head(d2)
-
-
-class SliceScorer(nn.Module):
-    """(N, 3, P, P) patches (a slice and its two neighbours) -> (N,) score that the point's structure
-    (canal, foramen or recess) is on the middle slice; compared across one point's candidates with a
-    softmax."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(ConvBlock(3, w, 2), ConvBlock(w, 2 * w, 2), ConvBlock(2 * w, 4 * w, 2),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.score = nn.Linear(4 * w, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score(self.features(x))[:, 0]
+# ----------------------------------------------------------------------------- heatmaps
 
 
 def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -174,8 +132,6 @@ def middle_index(series: Series) -> int:
 
 def slice_input(series: Series, index: int, size: int) -> np.ndarray:
     """Slices index-1, index, index+1 of a sagittal series, windowed and resized: float32 (3, size, size)."""
-    from lsdc.crops import intensity_window, neighbour_indices
-
     idx = neighbour_indices(index, 3, len(series))
     images = series.images(sorted(set(idx)))
     lo, hi = intensity_window(images, 1.0, 99.5)
@@ -209,22 +165,15 @@ class StudyPoints:
     instances: dict[tuple[str, str], tuple[int, int]]   # (condition, level) -> (series_id, instance)
 
 
-def series_table(data_dir: Path, split: str) -> pd.DataFrame:
-    name = schema.TRAIN_SERIES_CSV if split == "train" else schema.TEST_SERIES_CSV
-    return read_csv_checked(data_dir / name, schema.SERIES_COLUMNS)
-
-
 def annotated_points(data_dir: Path, study_ids: list[int]) -> dict[int, StudyPoints]:
     """Patient coordinates of every annotated point of the given studies (headers only)."""
-    from lsdc.dicom import read_header
-
-    coords = read_csv_checked(data_dir / schema.COORDS_CSV, schema.COORD_COLUMNS)
-    coords = coords[coords.study_id.isin(study_ids)].drop_duplicates(["study_id", "condition", "level"])
+    coords = load_coordinates(data_dir)
+    coords = coords[coords.study_id.isin(study_ids)]
     out: dict[int, StudyPoints] = {}
     for sid, rows in coords.groupby("study_id"):
         sp = StudyPoints(int(sid), np.full((N_LEVELS, 3), np.nan), {}, {})
         for r in rows.itertuples(index=False):
-            path = data_dir / schema.TRAIN_IMAGES / str(sid) / str(r.series_id) / f"{r.instance_number}.dcm"
+            path = images_dir(data_dir, "train") / str(sid) / str(r.series_id) / f"{r.instance_number}.dcm"
             try:
                 g = read_header(path).geometry
             except DataError as exc:
@@ -239,20 +188,6 @@ def annotated_points(data_dir: Path, study_ids: list[int]) -> dict[int, StudyPoi
     return out
 
 
-def load_study_series(study_dir: Path, series: pd.DataFrame) -> dict[str, list[Series]]:
-    """Every readable series of a study by description; unreadable ones are logged and left out."""
-    out: dict[str, list[Series]] = {}
-    for r in series.itertuples(index=False):
-        try:
-            s = load_series(study_dir / str(r.series_id), study_id=int(r.study_id), series_id=int(r.series_id),
-                            description=r.series_description)
-        except DataError as exc:
-            log.warning("study %s: series %s (%s) unusable: %s", r.study_id, r.series_id, r.series_description, exc)
-            continue
-        out.setdefault(r.series_description, []).append(s)
-    return out
-
-
 def sagittal_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.DataFrame,
                      size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(input, target pixels (5, 2), valid (5,)) from the middle T2 and T1 slice of each annotated study."""
@@ -260,7 +195,7 @@ def sagittal_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.
     for sid, sp in points.items():
         if np.isnan(sp.canal).all():
             continue
-        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), series[series.study_id == sid])
+        found = load_study_series(images_dir(data_dir, "train") / str(sid), series[series.study_id == sid])
         for desc in (schema.SAG_T2, schema.SAG_T1):
             for s in found.get(desc, [])[:1]:
                 i = middle_index(s)
@@ -302,7 +237,7 @@ def fit_keypoints(samples: list, cfg: LocalizerConfig, device: torch.device) -> 
     model = KeypointNet(3, N_LEVELS, cfg.width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    stride = 4
+    stride = KeypointNet.stride
     for epoch in range(cfg.epochs):
         model.train()
         order = rng.permutation(len(samples))
@@ -350,8 +285,6 @@ def slice_patches(series: Series, candidates: list[int], point: np.ndarray, cfg:
     """float32 (C, 3, P, P): for each candidate, the patch around the point on it and its neighbours.
 
     ``shift`` (C, 2) moves each patch in plane by that many mm (training augmentation)."""
-    from lsdc.crops import neighbour_indices, resample_patch
-
     lo, hi = window
     out = np.zeros((len(candidates), 3, cfg.slice_patch_px, cfg.slice_patch_px), np.float32)
     for c, i in enumerate(candidates):
@@ -367,13 +300,8 @@ def slice_patches(series: Series, candidates: list[int], point: np.ndarray, cfg:
 
 def series_window(series: Series, point: np.ndarray) -> tuple[float, float]:
     """The series' intensity window, from the slices nearest the point (as the crops use)."""
-    from lsdc.crops import intensity_window
-
     nearest = np.argsort(plane_distances(series, point))[:3]
     return intensity_window(series.images(sorted(nearest.tolist())), 1.0, 99.5)
-
-
-GROUPS = ("spinal", "foraminal", "subarticular")
 
 
 @dataclass
@@ -393,7 +321,7 @@ def slice_samples(data_dir: Path, points: dict[int, StudyPoints], series: pd.Dat
     samples = []
     for sid, sp in points.items():
         rows = series[(series.study_id == sid) & (series.series_description == desc)]
-        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), rows).get(desc, [])
+        found = load_study_series(images_dir(data_dir, "train") / str(sid), rows).get(desc, [])
         by_id = {int(s.series_id): s for s in found}
         for (cond, level), (series_id, instance) in sp.instances.items():
             canal = sp.canal[schema.LEVELS.index(level)]
@@ -477,7 +405,7 @@ class Localizer:
         i = middle_index(series)
         x = torch.from_numpy(slice_input(series, i, self.cfg.image_size))[None]
         logits = torch.stack([m(x) for m in self.models]).mean(0)
-        pix = decode(logits)[0] * 4
+        pix = decode(logits)[0] * KeypointNet.stride
         return from_input_pixels(series, i, pix, self.cfg.image_size)
 
     def locate(self, found: dict[str, list[Series]]) -> tuple[list[CropRequest], dict[tuple[str, str], float]]:
@@ -522,14 +450,14 @@ class Localizer:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "localizer.pt") as tmp:
+        with atomic_path(folder / LOCALIZER_PT) as tmp:
             torch.save({"models": [m.state_dict() for m in self.models], "offsets": self.offsets,
                         "slice_models": {g: [m.state_dict() for m in ms] for g, ms in self.slice_models.items()},
                         "config": config_mod.to_dict(self.cfg)}, tmp)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> Localizer:
-        path = Path(folder) / "localizer.pt"
+        path = Path(folder) / LOCALIZER_PT
         if not path.is_file():
             raise DataError(f"{path} not found: run scripts/03_train_localizer.py first")
         payload = torch.load(path, map_location=device, weights_only=False)
@@ -548,14 +476,6 @@ class Localizer:
         return cls(models, payload["offsets"], cfg, scorers)
 
 
-def localize_study(localizer: Localizer, study_dir: Path, series: pd.DataFrame
-                   ) -> tuple[list[CropRequest], dict[str, list[Series]]]:
-    """Read a study's series and place every condition/level it can."""
-    found = load_study_series(study_dir, series)
-    requests, _ = localizer.locate(found)
-    return requests, found
-
-
 # ----------------------------------------------------------------------------- train + evaluate
 
 
@@ -564,7 +484,7 @@ def evaluate(localizer: Localizer, data_dir: Path, points: dict[int, StudyPoints
     """Per annotated point: error in mm of the predicted point and whether the slice is right."""
     rows = []
     for sid, sp in points.items():
-        found = load_study_series(data_dir / schema.TRAIN_IMAGES / str(sid), series[series.study_id == sid])
+        found = load_study_series(images_dir(data_dir, "train") / str(sid), series[series.study_id == sid])
         requests, _ = localizer.locate(found)
         by_id = {int(s.series_id): s for lst in found.values() for s in lst}
         for r in requests:
@@ -584,22 +504,19 @@ def evaluate(localizer: Localizer, data_dir: Path, points: dict[int, StudyPoints
     return pd.DataFrame(rows, columns=list(OOF_POINT_COLUMNS))
 
 
-def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
+def train_localizer(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
     """Fold models with out-of-fold localisation metrics; the saved localiser averages the fold models."""
-    from lsdc.folds import load_folds
-    from lsdc.train import resolve_device
-
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     cfg = exp.localizer
-    unknown = set(cfg.slice_groups) - set(GROUPS)
+    unknown = set(cfg.slice_groups) - set(schema.GROUPS)
     if unknown:
         raise ConfigError(f"config key 'localizer.slice_groups': unknown group {sorted(unknown)[0]!r} "
-                          f"(choose from {', '.join(GROUPS)})")
+                          f"(choose from {', '.join(schema.GROUPS)})")
     out = output_dir / exp.name
-    config_mod.save(exp, out / "config.yaml")
+    config_mod.save(exp, out / CONFIG_YAML)
     device = resolve_device(cfg.device)
     folds = load_folds(output_dir, exp.folds.n_folds)
-    series = series_table(data_dir, "train")
+    series = load_series_descriptions(data_dir, "train")
     points = annotated_points(data_dir, folds.study_id.tolist())
     if not points:
         raise DataError(f"{data_dir / schema.COORDS_CSV} has no usable coordinates to train the localiser")
@@ -636,7 +553,7 @@ def train(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path
             "median_error_mm": float(g.error_mm.median()), "mean_error_mm": float(g.error_mm.mean()),
             "within_10mm": float((g.error_mm < 10).mean()), "slice_accuracy": float(g.slice_correct.mean()),
             "located": float(g.error_mm.notna().mean())}
-    write_json(out / "metrics.json", metrics)
+    write_json(out / METRICS_JSON, metrics)
     log.info("localizer OOF: median error %.1f mm; %s", metrics["median_error_mm"],
              json.dumps({c: round(v["median_error_mm"], 1) for c, v in metrics["per_condition"].items()}))
     return metrics

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.predict import PredictConfig
-from lsdc.synthetic import SyntheticConfig
+from lsdc.crops import prepare
+from lsdc.data import load_train_labels
+from lsdc.ensemble import EnsembleConfig, build_ensemble, table_names
+from lsdc.errors import ConfigError
+from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, ExperimentConfig
+from lsdc.folds import prepare_folds
+from lsdc.inference import PredictConfig, predict_submission
+from lsdc.localize import LocalizerExperiment, train_localizer
+from lsdc.localized_oof import localized_oof
+from lsdc.synthetic import SyntheticConfig, generate
+from lsdc.train import train_experiment
 
 log = logging.getLogger(__name__)
+LOCALIZED_OOF_TABLE = "localized_oof.csv"
 
 
 @dataclass
@@ -37,28 +48,31 @@ class PipelineConfig:
     ensemble_on: str = "localized"
 
     def check(self) -> None:
-        from lsdc.errors import ConfigError
-
         if self.ensemble_on not in ("localized", "annotated"):
             raise ConfigError(f"config key 'ensemble_on' must be 'localized' or 'annotated', got {self.ensemble_on!r}")
 
 
-def has_competition_data(data_dir: Path) -> bool:
-    return (data_dir / schema.TRAIN_CSV).is_file()
+def prepare_inputs(data_dir: str | Path, output_dir: str | Path, experiments: Sequence[ExperimentConfig],
+                   synthetic: SyntheticConfig, fold_counts: Sequence[int] = ()) -> None:
+    """Make what training needs and is missing: the synthetic data when ``data_dir`` holds no train.csv
+    (a folder holding anything else is refused), the folds of every experiment (and ``fold_counts``), and
+    the crops of every distinct crop setting (valid crops already written are kept)."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    if not (data_dir / schema.TRAIN_CSV).is_file():
+        log.info("no competition data in %s: generating %d synthetic training studies", data_dir,
+                 synthetic.train_studies)
+        generate(data_dir, synthetic)
+    seed = experiments[0].folds.seed
+    for n in sorted({e.folds.n_folds for e in experiments} | set(fold_counts)):
+        prepare_folds(data_dir, output_dir, n, seed)
+    for dirname, crops in {e.crops.dirname: e.crops for e in experiments}.items():
+        log.info("crops %s", dirname)
+        prepare(data_dir, output_dir, crops)
 
 
-def run(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path, root: str | Path = ".") -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path,
+                 root: str | Path = ".") -> dict[str, Any]:
     """Run every step in order; each step resumes, so rerunning after an interruption continues."""
-    from lsdc.crops import prepare
-    from lsdc.ensemble import OOF_CSV, EnsembleConfig, build_ensemble, table_names
-    from lsdc.folds import load_train_labels, prepare_folds
-    from lsdc.localize import LocalizerExperiment
-    from lsdc.localize import train as train_localizer
-    from lsdc.predict import LOCALIZED_OOF_CSV, localized_oof, predict
-    from lsdc.synthetic import generate
-    from lsdc.train import ExperimentConfig
-    from lsdc.train import run as train_experiment
-
     cfg.check()
     data_dir, output_dir, root = Path(data_dir), Path(output_dir), Path(root)
     t0 = time.perf_counter()
@@ -68,32 +82,19 @@ def run(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path, root:
         times[name] = round(time.perf_counter() - start, 1)
         log.info("step %s done in %.1f s", name, times[name])
 
-    s = time.perf_counter()
-    if not has_competition_data(data_dir):
-        log.info("no competition data in %s: generating the synthetic default", data_dir)
-        generate(data_dir, cfg.synthetic)
-    lap("data", s)
-
     experiments = [config_mod.load(ExperimentConfig, root / ref.config, ref.set) for ref in cfg.experiments]
     loc = config_mod.load(LocalizerExperiment, root / cfg.localizer.config, cfg.localizer.set)
     s = time.perf_counter()
-    for n in {e.folds.n_folds for e in experiments} | {loc.folds.n_folds}:
-        prepare_folds(data_dir, output_dir, n, experiments[0].folds.seed)
-    done_crops: set[str] = set()
-    for e in experiments:
-        if e.crops.dirname not in done_crops:
-            prepare(data_dir, output_dir, e.crops)
-            done_crops.add(e.crops.dirname)
-    lap("crops", s)
+    prepare_inputs(data_dir, output_dir, experiments, cfg.synthetic, [loc.folds.n_folds])
+    lap("data and crops", s)
 
     s = time.perf_counter()
     loc_metrics = train_localizer(loc, data_dir, output_dir)
     lap("localizer", s)
 
-    summaries = {}
     for e in experiments:
         s = time.perf_counter()
-        summaries[e.experiment] = train_experiment(e, data_dir, output_dir)
+        train_experiment(e, data_dir, output_dir)
         lap(f"train {e.experiment}", s)
 
     s = time.perf_counter()
@@ -107,7 +108,7 @@ def run(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path, root:
     if cfg.ensemble_on == "localized":
         if all(e.folds.n_folds == loc.folds.n_folds for e in experiments):
             localized_oof(data_dir, output_dir, PredictConfig(localizer=pcfg.localizer, experiments=names,
-                                                              device=pcfg.device), output_dir / "localized_oof.csv")
+                                                              device=pcfg.device), output_dir / LOCALIZED_OOF_TABLE)
             table, spec = build_ensemble(output_dir, labels,
                                          EnsembleConfig(experiments=names, oof_file=LOCALIZED_OOF_CSV))
             oof_table = output_dir / table_names(LOCALIZED_OOF_CSV)[1]
@@ -118,7 +119,7 @@ def run(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path, root:
 
     s = time.perf_counter()
     submission = Path(cfg.submission)
-    predict(data_dir, output_dir, submission, pcfg)
+    predict_submission(data_dir, output_dir, submission, pcfg)
     lap("predict", s)
     times["total"] = round(time.perf_counter() - t0, 1)
     return {"oof_table": oof_table, "annotated_table": output_dir / table_names(OOF_CSV)[1],

@@ -22,13 +22,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from lsdc import schema
+from lsdc.config import to_dict
 from lsdc.dicom import write_slice
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry, patient_to_pixel
 from lsdc.io import write_csv, write_text
+from lsdc.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -507,8 +510,6 @@ def contrast_volume(vol: Volume, contrast: str, rng: np.random.Generator) -> np.
 
 
 def _uid(*parts: Any) -> str:
-    from pydicom.uid import generate_uid
-
     return str(generate_uid(prefix="1.2.826.0.1.3680043.10.1415.", entropy_srcs=[str(p) for p in parts]))
 
 
@@ -653,14 +654,12 @@ OWNED = (schema.TRAIN_CSV, schema.COORDS_CSV, schema.TRAIN_SERIES_CSV, schema.TE
          schema.SAMPLE_SUBMISSION_CSV, schema.TEST_SOLUTION_CSV, schema.TRAIN_IMAGES, schema.TEST_IMAGES)
 
 
-def generate(out: str | Path, cfg: SyntheticConfig, progress: bool = True) -> dict[str, Any]:
+def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) -> dict[str, Any]:
     """Write a complete synthetic competition folder into ``out``; returns the marker's content.
 
     Deterministic for ``cfg.seed``. A folder already holding the same complete dataset is left as it
     is; one holding an older synthetic dataset is cleared first; any other non-empty folder is refused.
     """
-    from lsdc.config import to_dict
-
     out = Path(out)
     _check_target(out)
     params = {"version": GENERATOR_VERSION, **to_dict(cfg)}
@@ -697,9 +696,9 @@ def generate(out: str | Path, cfg: SyntheticConfig, progress: bool = True) -> di
     if cfg.workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
             it = pool.map(generate_study, tasks, chunksize=1)
-            results = list(_progress(it, len(tasks), progress))
+            results = list(progress(it, "synthetic studies", len(tasks), enabled=show_progress))
     else:
-        results = list(_progress(map(generate_study, tasks), len(tasks), progress))
+        results = list(progress(map(generate_study, tasks), "synthetic studies", len(tasks), enabled=show_progress))
 
     train = [r for r in results if r.study_id in set(train_ids)]
     test = [r for r in results if r.study_id in set(test_ids)]
@@ -707,14 +706,6 @@ def generate(out: str | Path, cfg: SyntheticConfig, progress: bool = True) -> di
     info = {"params": params, "complete": True, "train_studies": len(train), "test_studies": len(test)}
     write_text(marker, json.dumps(info, indent=2))
     return info
-
-
-def _progress(it: Any, total: int, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from lsdc.cli import progress
-
-    return progress(it, total=total, desc="synthetic studies", unit="study")
 
 
 def _write_tables(out: Path, train: list[StudyResult], test: list[StudyResult]) -> None:

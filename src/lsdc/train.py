@@ -8,15 +8,14 @@ resumes from its last checkpoint after an interruption.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
@@ -25,78 +24,39 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.crops import INDEX_CSV, CropConfig, load_crop
+from lsdc.crops import INDEX_CSV, load_crop
+from lsdc.data import load_train_labels
 from lsdc.errors import ConfigError, DataError
-from lsdc.io import atomic_path, write_csv, write_json
-from lsdc.models import ModelConfig, count_parameters, create_model
+from lsdc.experiment import (
+    BEST_PT,
+    COND_INDEX,
+    CONFIG_YAML,
+    EPOCHS_CSV,
+    LAST_PT,
+    METRICS_JSON,
+    OOF_CSV,
+    PAPER_OOF_CSV,
+    VAL_PREDS_CSV,
+    ExperimentConfig,
+    TrainConfig,
+    autocast,
+    fill_with_prior,
+    fold_dir,
+    load_checkpoint,
+    prior_probabilities,
+    resolve_device,
+    save_checkpoint,
+    save_prior,
+    select_logits,
+    to_input,
+)
+from lsdc.folds import load_folds
+from lsdc.io import write_csv, write_json
+from lsdc.metric import score, solution_from_labels
+from lsdc.models import count_parameters, create_model
+from lsdc.paper import PAPER_CLASSES, paper_summary, paper_targets
 
 log = logging.getLogger(__name__)
-
-N_COND = len(schema.CONDITIONS)
-COND_INDEX = {c: i for i, c in enumerate(schema.CONDITIONS)}
-PAPER_CLASSES = ("normal_mild", "severe")
-PRIOR_JSON = "prior.json"   # the training prior beside each experiment: inference falls back to it
-
-
-@dataclass
-class FoldConfig:
-    n_folds: int = 5
-    seed: int = 42
-    train_folds: list[int] | None = None   # which folds to train (None: all)
-
-
-@dataclass
-class TrainConfig:
-    task: Literal["competition", "paper"] = "competition"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3                       # paper: Adam, 1e-3
-    optimizer: Literal["adam", "adamw"] = "adam"
-    weight_decay: float = 0.0
-    patience: int = 5                      # early stopping on the held-out fold's loss
-    class_weights: tuple[float, float, float] = (1.0, 2.0, 4.0)   # competition task: as the metric
-    augment: bool = True
-    scale: tuple[float, float] = (0.8, 1.2)
-    translate_px: int = 20                 # at 224 px; scaled with the crop size
-    rotate_deg: float = 15.0
-    vflip: float = 0.5
-    lr_flip: float = 0.0                   # flip axial crops left-right AND swap left/right condition
-    workers: int = 2
-    device: str = "auto"                   # auto | cpu | cuda
-    amp: bool = True                       # bfloat16 autocast on CUDA
-    channels_last: bool = True
-    seed: int = 42
-    max_steps_per_epoch: int | None = None
-    paper_level: str = "L4/L5"
-    paper_moderate: Literal["drop", "severe"] = "drop"
-    split: Literal["folds", "holdout"] = "folds"   # holdout: the paper's single 80:20 split (fold 0 held out)
-
-
-@dataclass
-class ExperimentConfig:
-    """Everything one experiment needs; saved as config.yaml beside its outputs."""
-
-    name: str = ""                         # experiment folder; default: model name (+ _paper) (+ _tag)
-    tag: str = ""
-    crops: CropConfig = field(default_factory=CropConfig)
-    folds: FoldConfig = field(default_factory=FoldConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    @property
-    def experiment(self) -> str:
-        if self.name:
-            return self.name
-        parts = [self.model.name.replace("/", "_")]
-        if self.train.task == "paper":
-            parts.append("paper")
-        if self.tag:
-            parts.append(self.tag)
-        return "_".join(parts)
-
-    @property
-    def n_classes(self) -> int:
-        return 3 if self.train.task == "competition" else 2
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,10 +72,7 @@ def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame) 
     if cfg.train.task == "competition":
         index["target"] = index.label.map(schema.SEVERITY_INDEX)
     else:
-        index = index[index.level == cfg.train.paper_level]
-        if cfg.train.paper_moderate == "drop":
-            index = index[index.label != schema.SEVERITIES[1]]
-        index["target"] = (index.label != schema.SEVERITIES[0]).astype(int)
+        index = paper_targets(index, cfg.train.paper_level, cfg.train.paper_moderate)
     index["cond"] = index.condition.map(COND_INDEX)
     index["path"] = [str(crops_dir / p) for p in index.path]
     if index.empty:
@@ -151,8 +108,6 @@ class CropDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         self.affine = None
         if tcfg is not None and tcfg.augment:
-            import albumentations as A
-
             t = int(round(tcfg.translate_px * size / 224))
             self.affine = A.Affine(scale=tuple(tcfg.scale), translate_px={"x": (-t, t), "y": (-t, t)},
                                    rotate=(-tcfg.rotate_deg, tcfg.rotate_deg), border_mode=0, fill=0, p=1.0)
@@ -166,8 +121,7 @@ class CropDataset(Dataset):
         cond = int(self.cond[i])
         if self.tcfg is not None and self.tcfg.augment:
             img, cond = self.augment(img, cond)
-        x = (img.astype(np.float32) / 255.0 - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), cond, int(self.target[i])
+        return to_input(img[None], self.mean, self.std)[0], cond, int(self.target[i])
 
     def augment(self, img: np.ndarray, cond: int) -> tuple[np.ndarray, int]:
         tcfg = self.tcfg
@@ -210,11 +164,6 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, devic
 # ----------------------------------------------------------------------------- model step
 
 
-def select_logits(logits: torch.Tensor, cond: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, 5*K) logits and (B,) condition indices -> (B, K) logits of each crop's condition."""
-    return logits.view(logits.shape[0], N_COND, k)[torch.arange(len(cond), device=logits.device), cond]
-
-
 def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy averaged with per-class weights (sum w_i ce_i / sum w_i), as the metric does."""
     ce = nn.functional.cross_entropy(logits.float(), target, reduction="none")
@@ -224,23 +173,9 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     return (w * ce).sum() / w.sum()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type="cpu", enabled=False)
-
-
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, k: int, device: torch.device, amp: bool,
-            channels_last: bool = False) -> np.ndarray:
+def predict_loader(model: nn.Module, loader: DataLoader, k: int, device: torch.device, amp: bool,
+                   channels_last: bool = False) -> np.ndarray:
     """Softmax probabilities (N, K) of each crop's condition."""
     model.eval()
     out = []
@@ -248,44 +183,17 @@ def predict(model: nn.Module, loader: DataLoader, k: int, device: torch.device, 
         x = x.to(device, non_blocking=True)
         if channels_last and device.type == "cuda":
             x = x.to(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         out.append(torch.softmax(select_logits(logits.float(), cond.to(device), k), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A trained model and its metadata (config, class order, normalisation) from a best.pt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:
-        raise DataError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    cfg = config_mod.from_dict(ExperimentConfig, payload["config"])
-    mcfg = dataclasses.replace(cfg.model, num_classes=N_COND * cfg.n_classes, in_chans=cfg.crops.n_slices,
-                               pretrained_path=None, backbone_pretrained_path=None)
-    model = create_model(mcfg)
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
-    payload["experiment_config"] = cfg
-    return model, payload
-
-
 # ----------------------------------------------------------------------------- one fold
 
 
-def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: Path) -> dict[str, Any]:
-    """Train on all folds but ``fold``, early-stop on ``fold``; resumes from ``fold_dir/last.pt``."""
+def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path) -> dict[str, Any]:
+    """Train on all folds but ``fold``, early-stop on ``fold``, write into ``out``; resumes from ``out/last.pt``."""
     tcfg = cfg.train
     device = resolve_device(tcfg.device)
     k = cfg.n_classes
@@ -294,8 +202,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: 
     if train_t.empty or val_t.empty:
         raise DataError(f"fold {fold}: {len(train_t)} training and {len(val_t)} held-out crops; need both")
     mean, std = channel_stats(train_t, cfg.crops.n_slices, seed=tcfg.seed)
-    mcfg = dataclasses.replace(cfg.model, num_classes=N_COND * k, in_chans=cfg.crops.n_slices)
-    model = create_model(mcfg).to(device)
+    model = create_model(cfg.network_config()).to(device)
     if tcfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt_cls = torch.optim.Adam if tcfg.optimizer == "adam" else torch.optim.AdamW
@@ -309,7 +216,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: 
     meta = {"config": config_mod.to_dict(cfg), "classes": list(schema.SEVERITY_COLUMNS if k == 3 else PAPER_CLASSES),
             "conditions": list(schema.CONDITIONS), "mean": mean, "std": std, "fold": fold}
     state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "wall": 0.0, "history": []}
-    last = fold_dir / "last.pt"
+    last = out / LAST_PT
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -327,7 +234,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: 
             x, cond, y = x.to(device, non_blocking=True), cond.to(device), y.to(device)
             if tcfg.channels_last and device.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
-            with _autocast(device, tcfg.amp):
+            with autocast(device, tcfg.amp):
                 logits = model(x)
             loss = weighted_ce(select_logits(logits.float(), cond, k), y, weights)
             opt.zero_grad(set_to_none=True)
@@ -335,7 +242,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: 
             opt.step()
             losses.append(float(loss.detach()) * len(y))
             seen += len(y)
-        probs = predict(model, val_dl, k, device, tcfg.amp, tcfg.channels_last)
+        probs = predict_loader(model, val_dl, k, device, tcfg.amp, tcfg.channels_last)
         val_loss = float(weighted_ce(torch.log(torch.from_numpy(probs).clamp_min(1e-15)),
                                      torch.as_tensor(val_t.target.to_numpy().copy()),
                                      weights.cpu()))
@@ -345,51 +252,33 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, fold_dir: 
         improved = val_loss < state["best_loss"] - 1e-6
         if improved:
             state.update(best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
-            save_checkpoint(fold_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": state["epoch"],
-                                                   "val_loss": val_loss})
+            save_checkpoint(out / BEST_PT, {**meta, "model": model.state_dict(), "epoch": state["epoch"],
+                                            "val_loss": val_loss})
         else:
             state["bad_epochs"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": sum(losses) / max(seen, 1),
                                  "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0,
                                  "best": improved})
-        write_csv(pd.DataFrame(state["history"]), fold_dir / "epochs.csv")
+        write_csv(pd.DataFrame(state["history"]), out / EPOCHS_CSV)
         save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
         log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f%s", fold, state["epoch"],
                  state["history"][-1]["train_loss"], val_loss, val_acc, "  *" if improved else "")
 
-    best_model, _ = load_checkpoint(fold_dir / "best.pt", device)
-    probs = predict(best_model, val_dl, k, device, tcfg.amp)
+    best_model, _ = load_checkpoint(out / BEST_PT, device)
+    probs = predict_loader(best_model, val_dl, k, device, tcfg.amp, tcfg.channels_last)
     preds = val_t[["study_id", "condition", "level", "label", "target"]].copy()
     for j, name in enumerate(meta["classes"]):
         preds[name] = probs[:, j]
-    write_csv(preds, fold_dir / "val_preds.csv")
+    write_csv(preds, out / VAL_PREDS_CSV)
     metrics = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
                "epochs_run": state["epoch"], "train_seconds": state["wall"], "n_train": len(train_t),
                "n_val": len(val_t), "params": count_parameters(best_model), "device": str(device)}
-    write_json(fold_dir / "metrics.json", metrics)
+    write_json(out / METRICS_JSON, metrics)
     last.unlink(missing_ok=True)
     return metrics
 
 
 # ----------------------------------------------------------------------------- the experiment
-
-
-def prior_probabilities(train: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Class frequencies per metric group in the training labels: the fallback prediction."""
-    long = train.melt(id_vars="study_id", value_vars=list(schema.LABEL_COLUMNS), var_name="col", value_name="sev")
-    long = long.dropna(subset=["sev"])
-    out = {}
-    for group in schema.GROUPS:
-        sev = long[long.col.map(schema.group_of_column) == group].sev.map(schema.SEVERITY_INDEX)
-        counts = np.bincount(sev, minlength=3).astype(float) + 1.0
-        out[group] = counts / counts.sum()
-    return out
-
-
-def prior_submission(row_ids: list[str], prior: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Each row gets its group's prior."""
-    probs = np.array([prior[schema.group_of_column(r.split("_", 1)[1])] for r in row_ids])
-    return pd.DataFrame({"row_id": row_ids, **{c: probs[:, j] for j, c in enumerate(schema.SEVERITY_COLUMNS)}})
 
 
 def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) -> tuple[pd.DataFrame, int]:
@@ -398,44 +287,22 @@ def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) ->
     Crops predicted out of fold give their probabilities; every other row gets the training prior.
     Returns the frame and the number of labeled rows that fell back to the prior.
     """
-    from lsdc.metric import solution_from_labels
-
     row_ids = [r for s in sorted(studies) for r in schema.study_row_ids(s)]
-    oof = prior_submission(row_ids, prior_probabilities(train)).set_index("row_id")
     rid = [schema.row_id(s, c, lv) for s, c, lv in zip(preds.study_id, preds.condition, preds.level)]
-    have = preds.assign(row_id=rid).set_index("row_id")[list(schema.SEVERITY_COLUMNS)]
-    have = have[have.index.isin(oof.index)]
-    oof.loc[have.index, list(schema.SEVERITY_COLUMNS)] = have.to_numpy()
+    have = preds.assign(row_id=rid)[["row_id", *schema.SEVERITY_COLUMNS]]
+    have = have[have.row_id.isin(set(row_ids))]
+    oof = fill_with_prior(row_ids, have, prior_probabilities(train))
     labeled = set(solution_from_labels(train[train.study_id.isin(studies)]).row_id)
-    return oof.reset_index(), len(labeled - set(have.index))
+    return oof, len(labeled - set(have.row_id))
 
 
-def paper_metrics(preds: pd.DataFrame) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1 and AUC (severe = positive), overall and per condition."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
-
-    def one(df: pd.DataFrame) -> dict[str, float]:
-        y, p = df.target.to_numpy(), df.severe.to_numpy()
-        pred = (p >= 0.5).astype(int)
-        return {"n": int(len(df)), "positives": int(y.sum()), "accuracy": float(accuracy_score(y, pred)),
-                "precision": float(precision_score(y, pred, zero_division=0)),
-                "recall": float(recall_score(y, pred, zero_division=0)),
-                "f1": float(f1_score(y, pred, zero_division=0)),
-                "auc": float(roc_auc_score(y, p)) if len(set(y)) == 2 else float("nan")}
-
-    return {"overall": one(preds), "per_condition": {c: one(g) for c, g in preds.groupby("condition")}}
-
-
-def run(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
+def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
     """Train every selected fold, then write the out-of-fold predictions and their scores."""
-    from lsdc.folds import load_folds, load_train_labels
-    from lsdc.metric import score, solution_from_labels
-
     cfg.crops.check()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     exp_dir = output_dir / cfg.experiment
     _check_same_config(cfg, exp_dir)
-    config_mod.save(cfg, exp_dir / "config.yaml")
+    config_mod.save(cfg, exp_dir / CONFIG_YAML)
     folds = load_folds(output_dir, cfg.folds.n_folds)
     n_folds = int(folds.fold.nunique())
     table = training_table(cfg, output_dir / cfg.crops.dirname, folds)
@@ -450,42 +317,43 @@ def run(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path) -> 
     fold_metrics = []
     t0 = time.perf_counter()
     for fold in selected:
-        fold_dir = exp_dir / f"fold{fold}"
-        done = fold_dir / "metrics.json"
-        if done.is_file() and (fold_dir / "val_preds.csv").is_file():
+        out = fold_dir(exp_dir, fold)
+        done = out / METRICS_JSON
+        if done.is_file() and (out / VAL_PREDS_CSV).is_file():
             log.info("fold %d already trained; kept", fold)
             fold_metrics.append(json.loads(done.read_text()))
             continue
-        fold_metrics.append(train_fold(cfg, table, fold, fold_dir))
-    preds = pd.concat([pd.read_csv(exp_dir / f"fold{f}" / "val_preds.csv") for f in selected], ignore_index=True)
+        fold_metrics.append(train_fold(cfg, table, fold, out))
+    preds = pd.concat([pd.read_csv(fold_dir(exp_dir, f) / VAL_PREDS_CSV) for f in selected], ignore_index=True)
     summary: dict[str, Any] = {"experiment": cfg.experiment, "task": cfg.train.task, "folds": selected,
                                "train_seconds": sum(m["train_seconds"] for m in fold_metrics),
                                "wall_seconds_this_run": time.perf_counter() - t0,
                                "params": fold_metrics[0]["params"], "fold_metrics": fold_metrics}
     train = load_train_labels(data_dir)
-    write_json(exp_dir / PRIOR_JSON, {g: v.tolist() for g, v in prior_probabilities(train).items()})
+    prior = prior_probabilities(train)
+    save_prior(exp_dir, prior)
     if cfg.train.task == "competition":
         studies = set(folds[folds.fold.isin(selected)].study_id)
         oof, n_prior = assemble_oof(preds, train, studies)
-        write_csv(oof, exp_dir / "oof.csv")
+        write_csv(oof, exp_dir / OOF_CSV)
         solution = solution_from_labels(train[train.study_id.isin(studies)])
         summary["oof_score"] = score(solution, oof)
-        summary["prior_score"] = score(solution, prior_submission(oof.row_id.tolist(), prior_probabilities(train)))
+        summary["prior_score"] = score(solution, fill_with_prior(oof.row_id.tolist(), None, prior))
         summary["rows_from_prior"] = n_prior
         log.info("%d labeled OOF rows had no crop and got the training prior", n_prior)
         log.info("OOF score %.4f (prior %.4f)", summary["oof_score"]["score"], summary["prior_score"]["score"])
     else:
-        write_csv(preds, exp_dir / "oof_paper.csv")
-        summary["paper_metrics"] = paper_metrics(preds)
+        write_csv(preds, exp_dir / PAPER_OOF_CSV)
+        summary["paper_metrics"] = paper_summary(preds)
         o = summary["paper_metrics"]["overall"]
         log.info("paper task: accuracy %.3f  F1 %.3f  AUC %.3f", o["accuracy"], o["f1"], o["auc"])
-    write_json(exp_dir / "metrics.json", summary)
+    write_json(exp_dir / METRICS_JSON, summary)
     return summary
 
 
 def _check_same_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     """Resuming into a folder trained with other settings would mix two experiments: refuse."""
-    path = exp_dir / "config.yaml"
+    path = exp_dir / CONFIG_YAML
     if not path.is_file():
         return
     old = config_mod.load(ExperimentConfig, path)

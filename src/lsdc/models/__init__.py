@@ -1,12 +1,19 @@
-"""Models: the paper's multi-attention CNN, timm baselines, one config-driven factory, size counts."""
+"""Models: the paper's multi-attention CNN, timm baselines, the localiser's networks, one config-driven
+factory, size counts."""
 
-from lsdc.models.attention import LssAttentionNet
-from lsdc.models.factory import ModelConfig, create_model, list_models, load_pretrained, register_model
+from lsdc.models.attention import AttentionConfig, LssAttentionNet
+from lsdc.models.factory import ATTENTION, ModelConfig, create_model, list_models, register_model
+from lsdc.models.localizer import KeypointNet, SliceScorer
 from lsdc.models.profile import count_macs, count_parameters, model_summary
+from lsdc.models.weights import load_pretrained
 
 __all__ = [
+    "ATTENTION",
+    "AttentionConfig",
+    "KeypointNet",
     "LssAttentionNet",
     "ModelConfig",
+    "SliceScorer",
     "count_macs",
     "count_parameters",
     "create_model",

@@ -9,6 +9,7 @@ so no module keeps tensors (or autograd graphs) alive between calls.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import timm
@@ -21,7 +22,9 @@ from lsdc.errors import ConfigError
 from lsdc.models.weights import load_pretrained
 
 __all__ = [
+    "BRANCHES",
     "CBAM",
+    "AttentionConfig",
     "AttentionBody",
     "AttentionHead",
     "ChannelAttention",
@@ -39,6 +42,7 @@ __all__ = [
 
 PosEmbed = Literal["none", "sincos"]
 SlotPool = Literal["mean", "flatten"]
+BRANCHES = ("cbam", "mhsa", "slot")  # the body's attention branches, in the paper's order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,74 +479,87 @@ class ClassifierTail(nn.Module):
         return self.fc(self.hidden(x))
 
 
+@dataclass
+class AttentionConfig:
+    """The attention model's settings (``model.attention`` in a config), passed as one to the network.
+
+    The defaults are the paper's network at 224 px: 7x7 head convs, two Enhanced Inception Modules
+    (14 x 14 tokens), CBAM, 8-head self-attention and 4 slots in parallel, one 256-wide tail layer.
+    ``backbone`` puts the same body on a timm model's last feature map instead of the paper's head.
+    """
+
+    use_cbam: bool = True
+    use_mhsa: bool = True
+    use_slot: bool = True
+    backbone: str | None = None
+    backbone_pretrained_path: str | None = None
+    head_widths: tuple[int, ...] = (32, 64)
+    head_strides: tuple[int, ...] = (2, 2)
+    head_kernel_size: int = 7
+    eim_widths: tuple[int, ...] = (192, 384)
+    eim_kernel_sizes: tuple[int, ...] = (3, 5)
+    eim_project: bool = True
+    reduction: int = 16
+    spatial_kernel_size: int = 7
+    num_heads: int = 8
+    pos_embed: PosEmbed = "sincos"
+    attn_drop: float = 0.0
+    num_slots: int = 4
+    slot_dim: int = 128
+    slot_iters: int = 3
+    slot_pool: SlotPool = "mean"
+    tail_widths: tuple[int, ...] = (256,)
+
+    @property
+    def branches_off(self) -> tuple[str, ...]:
+        """Attention branches switched off ("cbam", "mhsa", "slot"): the paper's ablations."""
+        return tuple(b for b in BRANCHES if not getattr(self, f"use_{b}"))
+
+
 class LssAttentionNet(nn.Module):
     """Head -> body (CBAM | MHSA | slot attention, in parallel) -> tail, as in the paper (Fig. 3).
 
-    ``backbone`` replaces the paper's head by the last feature map of a timm model.
+    Every setting of the architecture comes in ``cfg`` (see :class:`AttentionConfig`).
     ``forward``: (B, in_chans, H, W) -> logits (B, num_classes). ``forward_with_attention`` also
     returns the attention maps of the enabled branches (see ``AttentionBody``).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 3,
-        in_chans: int = 3,
-        use_cbam: bool = True,
-        use_mhsa: bool = True,
-        use_slot: bool = True,
-        backbone: str | None = None,
-        backbone_pretrained_path: str | None = None,
-        head_widths: tuple[int, ...] = (32, 64),
-        head_strides: tuple[int, ...] = (2, 2),
-        head_kernel_size: int = 7,
-        eim_widths: tuple[int, ...] = (192, 384),
-        eim_kernel_sizes: tuple[int, ...] = (3, 5),
-        eim_project: bool = True,
-        reduction: int = 16,
-        spatial_kernel_size: int = 7,
-        num_heads: int = 8,
-        pos_embed: PosEmbed = "sincos",
-        attn_drop: float = 0.0,
-        num_slots: int = 4,
-        slot_dim: int = 128,
-        slot_iters: int = 3,
-        slot_pool: SlotPool = "mean",
-        tail_widths: tuple[int, ...] = (256,),
-        drop_rate: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 3, in_chans: int = 3, cfg: AttentionConfig | None = None,
+                 drop_rate: float = 0.5) -> None:
         super().__init__()
-        if not (use_cbam or use_mhsa or use_slot):
+        cfg = cfg or AttentionConfig()
+        if not (cfg.use_cbam or cfg.use_mhsa or cfg.use_slot):
             raise ConfigError("at least one of use_cbam, use_mhsa, use_slot must be true")
         self.num_classes = num_classes
-        if backbone is None:
+        if cfg.backbone is None:
             self.head: nn.Module = AttentionHead(
                 in_chans=in_chans,
-                widths=head_widths,
-                strides=head_strides,
-                kernel_size=head_kernel_size,
-                eim_widths=eim_widths,
-                eim_kernel_sizes=eim_kernel_sizes,
-                eim_project=eim_project,
+                widths=tuple(cfg.head_widths),
+                strides=tuple(cfg.head_strides),
+                kernel_size=cfg.head_kernel_size,
+                eim_widths=tuple(cfg.eim_widths),
+                eim_kernel_sizes=tuple(cfg.eim_kernel_sizes),
+                eim_project=cfg.eim_project,
             )
         else:
-            self.head = TimmFeatureBackbone(backbone, in_chans, backbone_pretrained_path)
+            self.head = TimmFeatureBackbone(cfg.backbone, in_chans, cfg.backbone_pretrained_path)
         self.body = AttentionBody(
             self.head.out_chs,
-            use_cbam=use_cbam,
-            use_mhsa=use_mhsa,
-            use_slot=use_slot,
-            reduction=reduction,
-            spatial_kernel_size=spatial_kernel_size,
-            num_heads=num_heads,
-            pos_embed=pos_embed,
-            attn_drop=attn_drop,
-            num_slots=num_slots,
-            slot_dim=slot_dim,
-            slot_iters=slot_iters,
-            slot_pool=slot_pool,
+            use_cbam=cfg.use_cbam,
+            use_mhsa=cfg.use_mhsa,
+            use_slot=cfg.use_slot,
+            reduction=cfg.reduction,
+            spatial_kernel_size=cfg.spatial_kernel_size,
+            num_heads=cfg.num_heads,
+            pos_embed=cfg.pos_embed,
+            attn_drop=cfg.attn_drop,
+            num_slots=cfg.num_slots,
+            slot_dim=cfg.slot_dim,
+            slot_iters=cfg.slot_iters,
+            slot_pool=cfg.slot_pool,
         )
         self.num_features = self.body.out_features
-        self.tail = ClassifierTail(self.num_features, tail_widths, num_classes, drop_rate)
+        self.tail = ClassifierTail(self.num_features, tuple(cfg.tail_widths), num_classes, drop_rate)
 
     def get_classifier(self) -> nn.Module:
         """The final Linear (timm's convention), whose weights a pretrained load may skip."""

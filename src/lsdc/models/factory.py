@@ -6,56 +6,52 @@ Pretrained weights come only from a local file (``pretrained_path``, see ``lsdc.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import timm
 from torch import nn
 
 from lsdc.errors import ConfigError
-from lsdc.models.attention import LssAttentionNet
+from lsdc.models.attention import AttentionConfig, LssAttentionNet
 from lsdc.models.weights import load_pretrained
 
-__all__ = ["ModelConfig", "create_model", "list_models", "register_model"]
+__all__ = ["ATTENTION", "ModelConfig", "create_model", "list_models", "register_model"]
+
+ATTENTION = "attention"  # the registry name of the paper's model
 
 
 @dataclass
 class ModelConfig:
     """Which model to build. ``name``: "attention" (the paper's model) or any timm model name.
 
-    The fields after ``drop_rate`` configure the attention model only (see ``LssAttentionNet``).
+    ``attention`` configures the attention model only: a timm model ignores it (so one smoke config
+    serves every model), except a ``backbone``, which only the attention model can take.
     """
 
-    name: str = "attention"
+    name: str = ATTENTION
     num_classes: int = 3
     in_chans: int = 3
     pretrained_path: str | None = None
     # None: 0.5 for the attention model's tail (paper 2.4.1), the timm default for timm models.
     drop_rate: float | None = None
-    use_cbam: bool = True
-    use_mhsa: bool = True
-    use_slot: bool = True
-    backbone: str | None = None
-    backbone_pretrained_path: str | None = None
-    head_widths: tuple[int, ...] = (32, 64)
-    head_strides: tuple[int, ...] = (2, 2)
-    head_kernel_size: int = 7
-    eim_widths: tuple[int, ...] = (192, 384)
-    eim_kernel_sizes: tuple[int, ...] = (3, 5)
-    eim_project: bool = True
-    reduction: int = 16
-    spatial_kernel_size: int = 7
-    num_heads: int = 8
-    pos_embed: Literal["none", "sincos"] = "sincos"
-    attn_drop: float = 0.0
-    num_slots: int = 4
-    slot_dim: int = 128
-    slot_iters: int = 3
-    slot_pool: Literal["mean", "flatten"] = "mean"
-    tail_widths: tuple[int, ...] = (256,)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def without_pretrained(self) -> ModelConfig:
+        """The same architecture without local weight files: a checkpoint's own weights follow."""
+        return dataclasses.replace(self, pretrained_path=None,
+                                   attention=dataclasses.replace(self.attention, backbone_pretrained_path=None))
+
+    @property
+    def label(self) -> str:
+        """e.g. 'attention', 'attention[resnet18]', 'densenet201'."""
+        if self.name == ATTENTION and self.attention.backbone is not None:
+            return f"{ATTENTION}[{self.attention.backbone}]"
+        return self.name
 
 
 ModelBuilder = Callable[[ModelConfig], nn.Module]
@@ -82,34 +78,10 @@ def list_models(include_timm: bool = False) -> list[str]:
     return sorted(names)
 
 
-@register_model("attention")
+@register_model(ATTENTION)
 def _build_attention(cfg: ModelConfig) -> nn.Module:
-    return LssAttentionNet(
-        num_classes=cfg.num_classes,
-        in_chans=cfg.in_chans,
-        use_cbam=cfg.use_cbam,
-        use_mhsa=cfg.use_mhsa,
-        use_slot=cfg.use_slot,
-        backbone=cfg.backbone,
-        backbone_pretrained_path=cfg.backbone_pretrained_path,
-        head_widths=tuple(cfg.head_widths),
-        head_strides=tuple(cfg.head_strides),
-        head_kernel_size=cfg.head_kernel_size,
-        eim_widths=tuple(cfg.eim_widths),
-        eim_kernel_sizes=tuple(cfg.eim_kernel_sizes),
-        eim_project=cfg.eim_project,
-        reduction=cfg.reduction,
-        spatial_kernel_size=cfg.spatial_kernel_size,
-        num_heads=cfg.num_heads,
-        pos_embed=cfg.pos_embed,
-        attn_drop=cfg.attn_drop,
-        num_slots=cfg.num_slots,
-        slot_dim=cfg.slot_dim,
-        slot_iters=cfg.slot_iters,
-        slot_pool=cfg.slot_pool,
-        tail_widths=tuple(cfg.tail_widths),
-        drop_rate=0.5 if cfg.drop_rate is None else cfg.drop_rate,
-    )
+    drop = 0.5 if cfg.drop_rate is None else cfg.drop_rate
+    return LssAttentionNet(num_classes=cfg.num_classes, in_chans=cfg.in_chans, cfg=cfg.attention, drop_rate=drop)
 
 
 def _build_timm(cfg: ModelConfig) -> nn.Module:
@@ -123,8 +95,10 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     """Build the model ``cfg.name`` (random init), then load ``cfg.pretrained_path`` if set."""
     if cfg.pretrained_path is not None and not Path(cfg.pretrained_path).is_file():
         raise ConfigError(f"pretrained_path {cfg.pretrained_path} does not exist")
-    if cfg.name != "attention" and (cfg.backbone or cfg.backbone_pretrained_path):
-        raise ConfigError(f"backbone/backbone_pretrained_path apply to name 'attention' only, not '{cfg.name}'")
+    if cfg.name != ATTENTION:
+        for key in ("backbone", "backbone_pretrained_path"):
+            if getattr(cfg.attention, key) is not None:
+                raise ConfigError(f"model.attention.{key} applies to name '{ATTENTION}' only, not '{cfg.name}'")
     if cfg.name in _REGISTRY:
         model = _REGISTRY[cfg.name](cfg)
     elif timm.is_model(cfg.name):

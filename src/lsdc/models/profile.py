@@ -45,7 +45,7 @@ def model_summary(cfg: ModelConfig, image_size: int = 224) -> dict[str, Any]:
     model = create_model(cfg)
     input_size = (1, cfg.in_chans, image_size, image_size)
     return {
-        "name": cfg.name if cfg.backbone is None or cfg.name != "attention" else f"attention[{cfg.backbone}]",
+        "name": cfg.label,
         "params": count_parameters(model),
         "macs": count_macs(model, input_size),
         "input_size": list(input_size),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from torch import nn
 
@@ -24,8 +25,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / torch checkpoint, unwrapped from common containers/prefixes."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state: Any = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

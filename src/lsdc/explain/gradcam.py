@@ -3,7 +3,7 @@
 The feature map is the head's output for the paper's ``LssAttentionNet`` (what its attention branches
 see) and the last feature stage of a timm model (``feature_info[-1]``: ``layer4`` of a ResNet,
 ``features.norm5`` of a DenseNet). The class score is the logit of one class of the crop's own
-condition (the network has ``5 x K`` logits; see ``lsdc.train.select_logits``).
+condition (the network has ``5 x K`` logits; see ``lsdc.experiment.select_logits``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,56 @@
+"""The paper's task and its metrics: one level (L4/L5), Normal/Mild against Severe, one crop per study,
+condition and level; accuracy, precision, recall, F1 and AUC with Severe as the positive class.
+
+Training (``train.task: paper``) and the report both use these definitions, so the numbers a run logs
+are the numbers its report prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from lsdc import schema
+
+PAPER_CLASSES = ("normal_mild", "severe")               # probability columns of the binary task
+CLASS_NAMES = (schema.SEVERITIES[0], schema.SEVERITIES[2])   # target 0 and 1
+THRESHOLD = 0.5                                          # called severe when p(severe) >= this
+
+
+def paper_targets(index: pd.DataFrame, level: str, moderate: str) -> pd.DataFrame:
+    """The crops of the paper's task with a 0/1 ``target``: ``level`` only; Moderate dropped
+    (``moderate='drop'``) or counted as severe (``'severe'``)."""
+    index = index[index.level == level]
+    if moderate == "drop":
+        index = index[index.label != schema.SEVERITIES[1]]
+    return index.assign(target=(index.label != schema.SEVERITIES[0]).astype(int))
+
+
+def paper_scores(df: pd.DataFrame) -> dict[str, float]:
+    """Paper metrics of predictions (columns ``target`` 0/1 and ``severe`` = p(severe)), with scikit-learn.
+
+    precision/recall/f1 are of the severe class; f1_macro averages both classes' F1; auc is NaN with
+    one class only.
+    """
+    y = df.target.to_numpy().astype(int)
+    p = df.severe.to_numpy().astype(float)
+    pred = (p >= THRESHOLD).astype(int)
+    return {
+        "n": int(len(y)),
+        "severe": int(y.sum()),
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "f1_macro": float(f1_score(y, pred, average="macro", labels=[0, 1], zero_division=0)),
+        "auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan"),
+    }
+
+
+def paper_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """:func:`paper_scores` over all crops and per condition."""
+    return {"overall": paper_scores(df),
+            "per_condition": {c: paper_scores(g) for c, g in df.groupby("condition")}}

@@ -28,6 +28,7 @@ from lsdc.errors import ConfigError, DataError
 from lsdc.geometry import patient_to_pixel
 from lsdc.io import atomic_path, write_csv, write_json
 from lsdc.progress import progress
+from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +279,18 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_
     """Write the training crops, their index and a contact sheet; returns the crops folder.
 
     Studies run in parallel; crops already written and valid are kept (a rerun resumes); a study that
-    fails is reported in ``errors.csv`` and the log, and the run goes on.
+    fails is reported in ``errors.csv`` and the log, and the run goes on. When the labels, coordinates,
+    images and settings are those the finished index was made from, nothing is redone.
     """
     cfg.check()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     crops_dir = output_dir / cfg.dirname
+    inputs = {"settings": cfg.pixel_settings(), "labels": file_state(data_dir / schema.TRAIN_CSV),
+              "coordinates": file_state(data_dir / schema.COORDS_CSV),
+              "images": tree_state(images_dir(data_dir, "train"))}
+    if is_current(crops_dir / INDEX_CSV, inputs) and _all_written(crops_dir):
+        log.info("crops in %s are up to date", crops_dir)
+        return crops_dir
     requests = training_requests(data_dir)
     images = images_dir(data_dir, "train")
     write_json(crops_dir / SETTINGS_JSON, cfg.pixel_settings())
@@ -309,7 +317,14 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_
     log.info("%d crops written or kept (%d requested); %d studies failed", len(index), n_cells, len(errors))
     if len(index):
         contact_sheet(index, crops_dir, cfg)
+    write_stamp(crops_dir / INDEX_CSV, inputs)
     return crops_dir
+
+
+def _all_written(crops_dir: Path) -> bool:
+    """Whether every crop of the index is on disk (not decoded: a finished index is trusted)."""
+    index = pd.read_csv(crops_dir / INDEX_CSV, usecols=["path"], keep_default_na=False)
+    return all((crops_dir / p).is_file() for p in index.path if p)
 
 
 def contact_sheet(index: pd.DataFrame, crops_dir: Path, cfg: CropConfig, tile: int = 96) -> Path:

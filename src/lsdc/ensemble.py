@@ -42,9 +42,10 @@ from threadpoolctl import threadpool_limits
 
 from lsdc import metric, schema
 from lsdc.errors import ConfigError, DataError
-from lsdc.experiment import OOF_CSV, load_experiment_config
+from lsdc.experiment import CONFIG_YAML, OOF_CSV, load_experiment_config
 from lsdc.io import write_csv, write_json, write_text
 from lsdc.models import ATTENTION
+from lsdc.stamps import digest, file_state, is_current, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class EnsembleConfig:
     # The OOF each experiment is fitted on: oof.csv (crops at annotated points) or oof_localized.csv
     # (crops at held-out localiser points, from scripts/07_localized_oof.py: what test rows see).
     oof_file: str = OOF_CSV
+    spec_file: str = SPEC_JSON             # where the fitted spec goes (05_predict.py reads ensemble.json)
 
     def check(self) -> None:
         if not 0.0 <= self.min_weight < 0.5:
@@ -92,6 +94,8 @@ class EnsembleConfig:
             raise ConfigError("config key 'experiments': the list is empty")
         if not self.oof_file.endswith(".csv") or "/" in self.oof_file:
             raise ConfigError(f"config key 'oof_file': {self.oof_file!r} is not a CSV file name")
+        if not self.spec_file.endswith(".json") or "/" in self.spec_file:
+            raise ConfigError(f"config key 'spec_file': {self.spec_file!r} is not a JSON file name")
 
 
 @dataclass
@@ -662,8 +666,9 @@ def table_markdown(table: pd.DataFrame) -> str:
 def build_ensemble(
     output_dir: str | os.PathLike, train_labels: pd.DataFrame, cfg: EnsembleConfig | None = None,
 ) -> tuple[pd.DataFrame, EnsembleSpec]:
-    """Discover experiments, fit the ensemble, write its table (see :func:`table_names`) and ensemble.json
-    into ``output_dir``."""
+    """Discover experiments, fit the ensemble, write its table (see :func:`table_names`) and the spec
+    (``cfg.spec_file``) into ``output_dir``. A spec made from the same OOF files, labels and settings is
+    reused, not fitted again."""
     cfg = cfg or EnsembleConfig()
     cfg.check()
     output_dir = Path(output_dir)
@@ -675,16 +680,24 @@ def build_ensemble(
     unknown = [n for n in names if n not in found]
     if unknown:
         raise ConfigError(f"experiment(s) {unknown} have no {cfg.oof_file} in {output_dir}; found: {list(found)}")
+    table_csv, table_md = table_names(cfg.oof_file)
+    spec_path = output_dir / cfg.spec_file
+    inputs = {"config": dataclasses.asdict(cfg), "oofs": {n: file_state(found[n]) for n in names},
+              "configs": {n: file_state(found[n].parent / CONFIG_YAML) for n in names},
+              "labels": digest(train_labels.to_csv(index=False))}
+    if is_current(spec_path, inputs) and (output_dir / table_csv).is_file():
+        log.info("%s is up to date (same OOF, labels and settings)", spec_path)
+        return pd.read_csv(output_dir / table_csv), load_ensemble(spec_path)
     oofs = align_oofs({n: read_oof(found[n]) for n in names})
     kinds = {n: experiment_kind(found[n].parent) for n in names}
     spec = fit_ensemble(oofs, train_labels, temperature=cfg.temperature, min_weight=cfg.min_weight,
                         kinds=kinds, experiments={n: found[n].parent.name for n in names})
     table = comparison_table(oofs, train_labels, ensemble=apply_ensemble(spec, oofs), kinds=kinds)
-    table_csv, table_md = table_names(cfg.oof_file)
     write_csv(table, output_dir / table_csv)
     write_text(output_dir / table_md, table_markdown(table))
-    save_ensemble(spec, output_dir / SPEC_JSON)
-    log.info("wrote %s, %s and %s in %s", table_csv, table_md, SPEC_JSON, output_dir)
+    save_ensemble(spec, spec_path)
+    write_stamp(spec_path, inputs)
+    log.info("wrote %s, %s and %s in %s", table_csv, table_md, cfg.spec_file, output_dir)
     return table, spec
 
 

@@ -8,6 +8,7 @@ the study and the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,12 +24,16 @@ from lsdc import schema
 from lsdc.crops import CropRequest, crop_study
 from lsdc.data import images_dir, load_series_descriptions, load_study_series, submission_row_ids
 from lsdc.dicom import Series
-from lsdc.ensemble import EnsembleSpec, apply_ensemble, equal_spec, load_ensemble
+from lsdc.ensemble import SPEC_JSON, EnsembleSpec, apply_ensemble, equal_spec, load_ensemble
 from lsdc.errors import DataError
 from lsdc.experiment import (
+    BEST_PT,
     COND_INDEX,
+    CONFIG_YAML,
+    PRIOR_JSON,
     ExperimentModels,
     fill_with_prior,
+    load_experiment_config,
     load_experiment_models,
     load_prior,
     resolve_device,
@@ -36,9 +41,10 @@ from lsdc.experiment import (
     to_input,
 )
 from lsdc.io import write_csv
-from lsdc.localize import Localizer
+from lsdc.localize import LOCALIZER_PT, Localizer
 from lsdc.metric import validate_submission
 from lsdc.progress import progress
+from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +57,54 @@ Crops = dict[tuple[str, str], np.ndarray]
 class PredictConfig:
     """Which trained pieces to use and how."""
 
-    localizer: str = "localizer"          # folder of the localiser under the weights dir
-    ensemble: str = "ensemble.json"       # blend spec from 04_ensemble.py; missing: the experiments equally
-    experiments: list[str] = field(default_factory=list)   # only these (default: the ensemble's models)
+    localizer: str = ""                   # folder of the localiser under the weights dir ("": the only one there)
+    ensemble: str = SPEC_JSON             # blend spec from 04_ensemble.py; missing: the experiments equally
+    experiments: list[str] = field(default_factory=list)   # only these (default: the ensemble's models, or
+    #                                                        the only trained experiment there)
     tta: bool = False                     # average with vertically flipped crops
     device: str = "auto"
     batch_size: int = 64
 
 
-def load_ensemble_models(weights_dir: Path, cfg: PredictConfig, device: torch.device
-                         ) -> tuple[EnsembleSpec, dict[str, ExperimentModels]]:
-    """The ensemble spec (equal weights when there is none or it lacks a model) and every experiment's
-    fold models, keyed by model name in the spec's (or ``cfg.experiments``') order."""
+def trained_experiments(weights_dir: Path) -> list[str]:
+    """Folders under ``weights_dir`` holding a trained competition-task experiment (fold checkpoints)."""
+    found = []
+    for d in sorted(p for p in weights_dir.iterdir() if p.is_dir()) if weights_dir.is_dir() else []:
+        if any(d.glob(f"fold*/{BEST_PT}")):
+            try:
+                if load_experiment_config(d).train.task == "competition":
+                    found.append(d.name)
+            except DataError:
+                continue
+    return found
+
+
+def ensemble_plan(weights_dir: Path, cfg: PredictConfig) -> tuple[EnsembleSpec, dict[str, Path]]:
+    """Which experiments to blend and how: the spec (equal weights when there is none or it lacks a
+    model) and each model's folder. Without a spec or ``cfg.experiments``, the only trained experiment in
+    ``weights_dir`` is used; with several, DataError lists them."""
     spec_path = weights_dir / cfg.ensemble
     spec = load_ensemble(spec_path) if spec_path.is_file() else None
     names = cfg.experiments or (spec.models if spec else [])
     if not names:
-        raise DataError(f"{spec_path} not found and no experiments given: run scripts/04_ensemble.py "
-                        "or pass --set experiments=[name]")
+        found = trained_experiments(weights_dir)
+        if len(found) != 1:
+            choice = f"found {', '.join(found)}" if found else "no trained experiment there"
+            raise DataError(f"{spec_path} not found and no experiments given ({choice}): run "
+                            "scripts/04_ensemble.py, or choose with --set experiments=[name,...]")
+        log.info("no %s in %s: using its only experiment, %s", cfg.ensemble, weights_dir, found[0])
+        names = found
     folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
-    models = {n: load_experiment_models(f, device) for n, f in folders.items()}
     if spec is None or set(names) - set(spec.models):
         spec = equal_spec(names)
-    return spec, models
+    return spec, folders
+
+
+def load_ensemble_models(weights_dir: Path, cfg: PredictConfig, device: torch.device
+                         ) -> tuple[EnsembleSpec, dict[str, ExperimentModels]]:
+    """The ensemble spec and every experiment's fold models, keyed by model name in the spec's order."""
+    spec, folders = ensemble_plan(weights_dir, cfg)
+    return spec, {n: load_experiment_models(f, device) for n, f in folders.items()}
 
 
 def experiment_folders(weights_dir: Path, models: dict[str, ExperimentModels]) -> list[Path]:
@@ -125,25 +156,52 @@ def prediction_rows(study_id: int, probs: dict[tuple[str, str], np.ndarray]) -> 
 
 
 def localizer_folder(weights_dir: Path, name: str) -> Path:
-    """The localiser's folder: ``name`` under the weights dir, or, in a Kaggle pack that holds no such
-    folder, the localiser its manifest names (so a packed smoke run needs no --set)."""
-    folder, manifest = weights_dir / name, weights_dir / MANIFEST_JSON
-    if not folder.is_dir() and manifest.is_file():
+    """The localiser's folder under the weights dir: ``name`` when given; else the one a Kaggle pack's
+    manifest names, or the only folder holding a trained localiser. DataError when there is none, or
+    several to choose from (the message lists them)."""
+    if name:
+        folder = weights_dir / name
+        if not (folder / LOCALIZER_PT).is_file():
+            raise DataError(f"{folder / LOCALIZER_PT} not found: run scripts/03_train_localizer.py "
+                            f"(localisers in {weights_dir}: {', '.join(trained_localizers(weights_dir)) or 'none'})")
+        return folder
+    manifest = weights_dir / MANIFEST_JSON
+    if manifest.is_file():
         packed = json.loads(manifest.read_text()).get("localizer")
-        if packed and (weights_dir / packed).is_dir():
-            log.info("localiser %r not in %s; using %r from its manifest", name, weights_dir, packed)
+        if packed and (weights_dir / packed / LOCALIZER_PT).is_file():
             return weights_dir / packed
-    return folder
+    found = trained_localizers(weights_dir)
+    if len(found) != 1:
+        raise DataError(f"{'several' if found else 'no'} trained localiser(s) in {weights_dir}"
+                        + (f" ({', '.join(found)}): choose one with --set localizer=NAME" if found
+                           else ": run scripts/03_train_localizer.py"))
+    log.info("localiser: %s", weights_dir / found[0])
+    return weights_dir / found[0]
+
+
+def trained_localizers(weights_dir: Path) -> list[str]:
+    """Folders under ``weights_dir`` holding a trained localiser."""
+    if not weights_dir.is_dir():
+        return []
+    return sorted(d.name for d in weights_dir.iterdir() if (d / LOCALIZER_PT).is_file())
 
 
 def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path, cfg: PredictConfig,
                        show_progress: bool = True) -> pd.DataFrame:
-    """Write the submission for every test study (and ``predict_report.csv`` beside it); returns it."""
-    data_dir, weights_dir = Path(data_dir), Path(weights_dir)
+    """Write the submission for every test study (and ``predict_report.csv`` beside it); returns it.
+
+    A submission made from the same weights, test data and settings is kept, not predicted again.
+    """
+    data_dir, weights_dir, out_path = Path(data_dir), Path(weights_dir), Path(out_path)
     t0 = time.perf_counter()
+    loc_dir = localizer_folder(weights_dir, cfg.localizer)
+    inputs = prediction_inputs(data_dir, weights_dir, loc_dir, cfg)
+    if is_current(out_path, inputs):
+        log.info("%s is up to date (same weights, test data and settings)", out_path)
+        return pd.read_csv(out_path)
     device = resolve_device(cfg.device)
     spec, models = load_ensemble_models(weights_dir, cfg, device)
-    localizer = Localizer.load(localizer_folder(weights_dir, cfg.localizer))
+    localizer = Localizer.load(loc_dir)
     prior = load_prior(experiment_folders(weights_dir, models))
     row_ids = submission_row_ids(data_dir)
     series = load_series_descriptions(data_dir, "test")
@@ -176,6 +234,26 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
     sub = fill_with_prior(row_ids, blended, prior)
     validate_submission(sub, required_row_ids=row_ids)
     write_csv(sub, out_path)
-    write_csv(pd.DataFrame(report), Path(out_path).with_name(REPORT_CSV))
+    write_csv(pd.DataFrame(report), out_path.with_name(REPORT_CSV))
+    write_stamp(out_path, inputs)
     log.info("wrote %s: %d rows, %d studies in %.1f s", out_path, len(sub), len(studies), time.perf_counter() - t0)
     return sub
+
+
+def weights_state(weights_dir: Path, loc_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
+    """The state of everything prediction reads from the weights folder: the localiser, the spec, and
+    each experiment's config, prior and fold checkpoints."""
+    spec, folders = ensemble_plan(weights_dir, cfg)
+    return {"localizer": [file_state(f) for f in sorted(loc_dir.glob("*")) if f.is_file()],
+            "spec": file_state(weights_dir / cfg.ensemble), "blend": spec.to_dict(),
+            "experiments": {n: [file_state(f) for f in [d / CONFIG_YAML, d / PRIOR_JSON,
+                                                          *sorted(d.glob(f"fold*/{BEST_PT}"))]]
+                            for n, d in folders.items()}}
+
+
+def prediction_inputs(data_dir: Path, weights_dir: Path, loc_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
+    """What a submission is made from: the settings, the weights and the test data."""
+    return {"config": dataclasses.asdict(cfg), "weights": weights_state(weights_dir, loc_dir, cfg),
+            "series": file_state(data_dir / schema.TEST_SERIES_CSV),
+            "sample": file_state(data_dir / schema.SAMPLE_SUBMISSION_CSV),
+            "images": tree_state(images_dir(data_dir, "test"))}

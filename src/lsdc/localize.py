@@ -41,10 +41,11 @@ from lsdc.data import images_dir, load_coordinates, load_series_descriptions, lo
 from lsdc.dicom import Series, read_header
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import CONFIG_YAML, METRICS_JSON, FoldConfig, resolve_device
-from lsdc.folds import load_folds
+from lsdc.folds import folds_csv, load_folds
 from lsdc.geometry import inside_image, patient_to_pixel, pixel_to_patient
 from lsdc.io import atomic_path, write_csv, write_json
 from lsdc.models import KeypointNet, SliceScorer
+from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
 SPINAL = schema.condition_for("spinal")
@@ -504,8 +505,20 @@ def evaluate(localizer: Localizer, data_dir: Path, points: dict[int, StudyPoints
     return pd.DataFrame(rows, columns=list(OOF_POINT_COLUMNS))
 
 
+def localizer_inputs(exp: LocalizerExperiment, data_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """What a trained localiser is made from: its settings, the folds, the coordinates and the images."""
+    return {"config": config_mod.to_dict(exp), "folds": file_state(output_dir / folds_csv(exp.folds.n_folds)),
+            "coordinates": file_state(data_dir / schema.COORDS_CSV),
+            "series": file_state(data_dir / schema.TRAIN_SERIES_CSV),
+            "images": tree_state(images_dir(data_dir, "train"))}
+
+
 def train_localizer(exp: LocalizerExperiment, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
-    """Fold models with out-of-fold localisation metrics; the saved localiser averages the fold models."""
+    """Fold models with out-of-fold localisation metrics; the saved localiser averages the fold models.
+
+    Each finished fold is kept in ``fold<k>/`` with a record of its inputs, so an interrupted run resumes
+    at the first unfinished fold; a localiser whose inputs have not changed is not trained again.
+    """
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     cfg = exp.localizer
     unknown = set(cfg.slice_groups) - set(schema.GROUPS)
@@ -513,24 +526,32 @@ def train_localizer(exp: LocalizerExperiment, data_dir: str | Path, output_dir: 
         raise ConfigError(f"config key 'localizer.slice_groups': unknown group {sorted(unknown)[0]!r} "
                           f"(choose from {', '.join(schema.GROUPS)})")
     out = output_dir / exp.name
+    folds = load_folds(output_dir, exp.folds.n_folds)
+    inputs = localizer_inputs(exp, data_dir, output_dir)
+    if is_current(out / LOCALIZER_PT, inputs) and (out / METRICS_JSON).is_file():
+        log.info("localiser %s is up to date", out)
+        return json.loads((out / METRICS_JSON).read_text())
     config_mod.save(exp, out / CONFIG_YAML)
     device = resolve_device(cfg.device)
-    folds = load_folds(output_dir, exp.folds.n_folds)
     series = load_series_descriptions(data_dir, "train")
     points = annotated_points(data_dir, folds.study_id.tolist())
     if not points:
         raise DataError(f"{data_dir / schema.COORDS_CSV} has no usable coordinates to train the localiser")
     t0 = time.perf_counter()
-    models, evals = [], []
-    scorers: dict[str, list[SliceScorer]] = {}
+    fold_locs, evals = [], []
     for fold in sorted(folds.fold.unique()):
+        fold_out = out / f"fold{fold}"
+        if is_current(fold_out / LOCALIZER_PT, inputs) and (fold_out / OOF_POINTS_CSV).is_file():
+            log.info("localizer fold %d already trained; kept", fold)
+            fold_locs.append(Localizer.load(fold_out))
+            evals.append(pd.read_csv(fold_out / OOF_POINTS_CSV))
+            continue
         train_ids = set(folds[folds.fold != fold].study_id)
         tr = {s: p for s, p in points.items() if s in train_ids}
         va = {s: p for s, p in points.items() if s not in train_ids}
         samples = sagittal_samples(data_dir, tr, series, cfg.image_size)
         log.info("localizer fold %d: %d training slices, %d held-out studies", fold, len(samples), len(va))
         model = fit_keypoints(samples, cfg, device).cpu()
-        models.append(model)
         offsets = learn_offsets(tr)
         fold_scorers = {}
         for group in cfg.slice_groups:
@@ -538,12 +559,18 @@ def train_localizer(exp: LocalizerExperiment, data_dir: str | Path, output_dir: 
                                       f"{group} slice scorer")
             if scorer is not None:
                 fold_scorers[group] = [scorer]
-                scorers.setdefault(group, []).append(scorer)
         fold_loc = Localizer([model], offsets, cfg, fold_scorers)
-        ev = evaluate(fold_loc, data_dir, va, series)
-        evals.append(ev.assign(fold=int(fold)))
-    localizer = Localizer(models, learn_offsets(points), cfg, scorers)
-    localizer.save(out)
+        ev = evaluate(fold_loc, data_dir, va, series).assign(fold=int(fold))
+        fold_loc.save(fold_out)
+        write_csv(ev, fold_out / OOF_POINTS_CSV)
+        write_stamp(fold_out / LOCALIZER_PT, inputs)
+        fold_locs.append(fold_loc)
+        evals.append(ev)
+    scorers: dict[str, list[SliceScorer]] = {}
+    for fl in fold_locs:
+        for group, ms in fl.slice_models.items():
+            scorers.setdefault(group, []).extend(ms)
+    localizer = Localizer([m for fl in fold_locs for m in fl.models], learn_offsets(points), cfg, scorers)
     oof = pd.concat(evals, ignore_index=True)
     write_csv(oof, out / OOF_POINTS_CSV)
     metrics = {"train_seconds": time.perf_counter() - t0, "n_points": int(len(oof)),
@@ -554,7 +581,8 @@ def train_localizer(exp: LocalizerExperiment, data_dir: str | Path, output_dir: 
             "within_10mm": float((g.error_mm < 10).mean()), "slice_accuracy": float(g.slice_correct.mean()),
             "located": float(g.error_mm.notna().mean())}
     write_json(out / METRICS_JSON, metrics)
+    localizer.save(out)
+    write_stamp(out / LOCALIZER_PT, inputs)
     log.info("localizer OOF: median error %.1f mm; %s", metrics["median_error_mm"],
              json.dumps({c: round(v["median_error_mm"], 1) for c, v in metrics["per_condition"].items()}))
     return metrics
-

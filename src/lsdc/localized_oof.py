@@ -7,6 +7,7 @@ fold, then blended by the ensemble. Needs the localiser and the experiments on t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from lsdc.inference import (
     load_ensemble_models,
     localizer_folder,
     prediction_rows,
+    weights_state,
 )
 from lsdc.io import read_csv_checked, write_csv
 from lsdc.localize import OOF_POINTS_CSV
 from lsdc.metric import score, solution_from_labels
 from lsdc.progress import progress
+from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +54,16 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     (``localized_oof_scores.csv`` beside it) too.
     """
     data_dir, weights_dir = Path(data_dir), Path(weights_dir)
+    loc_dir = localizer_folder(weights_dir, cfg.localizer)
+    inputs = {"config": dataclasses.asdict(cfg), "weights": weights_state(weights_dir, loc_dir, cfg),
+              "points": file_state(loc_dir / OOF_POINTS_CSV), "labels": file_state(data_dir / schema.TRAIN_CSV),
+              "images": tree_state(images_dir(data_dir, "train"))}
+    scores_path = None if out_path is None else Path(out_path).with_name(SCORES_CSV)
+    if out_path is not None and is_current(out_path, inputs) and scores_path.is_file():
+        log.info("%s is up to date (same localiser, models and settings)", out_path)
+        return pd.read_csv(scores_path)
     device = resolve_device(cfg.device)
-    points = read_csv_checked(localizer_folder(weights_dir, cfg.localizer) / OOF_POINTS_CSV, POINT_COLUMNS,
-                              "retrain the localiser with this version")
+    points = read_csv_checked(loc_dir / OOF_POINTS_CSV, POINT_COLUMNS, "retrain the localiser with this version")
     spec, models = load_ensemble_models(weights_dir, cfg, device)
     folders = dict(zip(models, experiment_folders(weights_dir, models)))
     fold_of = points.drop_duplicates("study_id").set_index("study_id").fold
@@ -98,5 +108,6 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     table = pd.DataFrame(rows)
     if out_path is not None:
         write_csv(subs["ensemble"], out_path)
-        write_csv(table, Path(out_path).with_name(SCORES_CSV))
+        write_csv(table, scores_path)
+        write_stamp(out_path, inputs)
     return table

@@ -15,8 +15,7 @@ from typing import Any
 from lsdc.ensemble import load_ensemble
 from lsdc.errors import DataError
 from lsdc.experiment import BEST_PT, CONFIG_YAML, METRICS_JSON, PRIOR_JSON
-from lsdc.inference import MANIFEST_JSON, PredictConfig
-from lsdc.localize import LOCALIZER_PT
+from lsdc.inference import MANIFEST_JSON, PredictConfig, localizer_folder
 
 CODE_PARTS = ("src", "scripts", "configs")
 
@@ -32,17 +31,15 @@ def pack(weights_dir: str | Path, out_dir: str | Path, cfg: PredictConfig, code_
     names = cfg.experiments or (spec.models if spec else [])
     if not names:
         raise DataError(f"{spec_path} not found and no experiments given: nothing to pack")
-    loc = weights_dir / cfg.localizer
-    if not (loc / LOCALIZER_PT).is_file():
-        raise DataError(f"{loc / LOCALIZER_PT} not found: train the localiser first")
+    loc = localizer_folder(weights_dir, cfg.localizer)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copytree(loc, tmp / cfg.localizer, ignore=shutil.ignore_patterns("*.csv"))
+    shutil.copytree(loc, tmp / loc.name, ignore=shutil.ignore_patterns("*.csv", "fold*", ".*"))
     if spec_path.is_file():
         shutil.copy2(spec_path, tmp / cfg.ensemble)
-    manifest: dict[str, Any] = {"experiments": {}, "localizer": cfg.localizer}
+    manifest: dict[str, Any] = {"experiments": {}, "localizer": loc.name}
     for name in names:
         folder = weights_dir / (spec.experiments.get(name, name) if spec else name)
         ckpts = sorted(folder.glob(f"fold*/{BEST_PT}"))

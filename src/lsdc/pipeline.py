@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from lsdc.train import train_experiment
 
 log = logging.getLogger(__name__)
 LOCALIZED_OOF_TABLE = "localized_oof.csv"
+ANNOTATED_SPEC_JSON = "ensemble_annotated.json"   # the blend fitted on annotated-point OOF, for comparison
 
 
 @dataclass
@@ -100,21 +102,24 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     s = time.perf_counter()
     names = [e.experiment for e in experiments]
     labels = load_train_labels(data_dir)
-    table, spec = build_ensemble(output_dir, labels, EnsembleConfig(experiments=names))
+    pcfg = dataclasses.replace(cfg.predict, localizer=cfg.predict.localizer or loc.name)
+    localized = cfg.ensemble_on == "localized"
+    if localized and any(e.folds.n_folds != loc.folds.n_folds for e in experiments):
+        log.warning("the localiser (%d folds) and the models are on different folds: the ensemble is "
+                    "fitted on the annotated OOF", loc.folds.n_folds)
+        localized = False
+    # Fitted on the annotated OOF: the ensemble itself, or (when fitted on the localised OOF) the blend the
+    # localised OOF table reports for comparison.
+    annotated_spec = ANNOTATED_SPEC_JSON if localized else pcfg.ensemble
+    table, spec = build_ensemble(output_dir, labels, EnsembleConfig(experiments=names, spec_file=annotated_spec))
     oof_table = output_dir / table_names(OOF_CSV)[1]
-    pcfg = cfg.predict
-    if pcfg.localizer == PredictConfig().localizer:
-        pcfg.localizer = loc.name
-    if cfg.ensemble_on == "localized":
-        if all(e.folds.n_folds == loc.folds.n_folds for e in experiments):
-            localized_oof(data_dir, output_dir, PredictConfig(localizer=pcfg.localizer, experiments=names,
-                                                              device=pcfg.device), output_dir / LOCALIZED_OOF_TABLE)
-            table, spec = build_ensemble(output_dir, labels,
-                                         EnsembleConfig(experiments=names, oof_file=LOCALIZED_OOF_CSV))
-            oof_table = output_dir / table_names(LOCALIZED_OOF_CSV)[1]
-        else:
-            log.warning("the localiser (%d folds) and the models are on different folds: the ensemble is "
-                        "fitted on the annotated OOF", loc.folds.n_folds)
+    if localized:
+        localized_oof(data_dir, output_dir, PredictConfig(localizer=pcfg.localizer, experiments=names,
+                                                          ensemble=annotated_spec, device=pcfg.device),
+                      output_dir / LOCALIZED_OOF_TABLE)
+        table, spec = build_ensemble(output_dir, labels, EnsembleConfig(
+            experiments=names, oof_file=LOCALIZED_OOF_CSV, spec_file=pcfg.ensemble))
+        oof_table = output_dir / table_names(LOCALIZED_OOF_CSV)[1]
     lap("ensemble", s)
 
     s = time.perf_counter()

@@ -1,0 +1,154 @@
+"""The pipeline resumes: a rerun on finished outputs trains nothing and writes the same submission, an
+interrupted localiser resumes at its first unfinished fold, and a changed input redoes what it needs and
+no more. On the smoke data with a tiny model, tiny localiser and 32 px crops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import lsdc.crops
+import lsdc.ensemble
+import lsdc.inference
+import lsdc.localize
+import lsdc.localized_oof
+import lsdc.train
+from lsdc import config as config_mod
+from lsdc.errors import DataError
+from lsdc.inference import PredictConfig, predict_submission
+from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, LocalizerExperiment, train_localizer
+from lsdc.pipeline import PipelineConfig, StepRef, run_pipeline
+
+TINY = """
+tag: tiny
+crops: {size: 32, n_slices: 3, workers: 1}
+folds: {n_folds: 2, seed: 42}
+model:
+  name: attention
+  attention: {head_widths: [8, 16], eim_widths: [16, 32], num_heads: 4, num_slots: 2, slot_dim: 16,
+              slot_iters: 1, tail_widths: [16], reduction: 4}
+train: {epochs: 1, batch_size: 64, workers: 0, patience: 1}
+"""
+LOCALIZER = """
+name: localizer_tiny
+folds: {n_folds: 2, seed: 42}
+localizer: {image_size: 64, width: 8, epochs: 2, slice_epochs: 1, slice_patch_px: 24}
+"""
+
+
+def _pipeline(root: Path, experiments: list[StepRef]) -> PipelineConfig:
+    return PipelineConfig(experiments=experiments, localizer=StepRef("loc.yaml"),
+                          submission=str(root / "submission.csv"))
+
+
+class Calls:
+    """Counts calls of the expensive functions (and can forbid them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, forbid: bool = False) -> None:
+        self.counts: dict[str, int] = {}
+        self.experiments: list[str] = []
+        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize, "fit_keypoints"),
+                             (lsdc.ensemble, "fit_ensemble"), (lsdc.inference, "classify"),
+                             (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
+            monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
+
+    def _wrap(self, key, fn, forbid):
+        def wrapped(*args, **kwargs):
+            if forbid:
+                raise AssertionError(f"{key} called on a rerun with nothing changed")
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if key == "lsdc.train.train_fold":
+                self.experiments.append(args[0].experiment)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+
+@pytest.fixture(scope="module")
+def first_run(smoke_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "tiny.yaml").write_text(TINY)
+    (root / "loc.yaml").write_text(LOCALIZER)
+    out = root / "outputs"
+    result = run_pipeline(_pipeline(root, [StepRef("tiny.yaml")]), smoke_run["data"], out, root)
+    return {"root": root, "data": smoke_run["data"], "out": out, "result": result,
+            "submission": (root / "submission.csv").read_bytes()}
+
+
+def _copy(first_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of the finished run (outputs and configs) to change without touching the original."""
+    root = tmp_path / "run"
+    shutil.copytree(first_run["root"], root, ignore=shutil.ignore_patterns("outputs"))
+    shutil.copytree(first_run["out"], root / "outputs", copy_function=shutil.copy2)
+    return root, root / "outputs"
+
+
+def test_rerun_on_finished_outputs_does_nothing_and_same_submission(first_run, monkeypatch):
+    Calls(monkeypatch, forbid=True)
+    root = first_run["root"]
+    result = run_pipeline(_pipeline(root, [StepRef("tiny.yaml")]), first_run["data"], first_run["out"], root)
+    assert (root / "submission.csv").read_bytes() == first_run["submission"]
+    assert result["ensemble_oof_score"] == first_run["result"]["ensemble_oof_score"]
+
+
+def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, monkeypatch):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    shutil.copy2(first_run["out"] / "folds_2.csv", out)
+    exp = config_mod.load(LocalizerExperiment, first_run["root"] / "loc.yaml")
+    real_evaluate, seen = lsdc.localize.evaluate, []
+
+    def crash_in_second_fold(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(lsdc.localize, "evaluate", crash_in_second_fold)
+    with pytest.raises(KeyboardInterrupt):
+        train_localizer(exp, first_run["data"], out)
+    folder = out / exp.name
+    assert (folder / "fold0" / LOCALIZER_PT).is_file() and not (folder / LOCALIZER_PT).exists()
+    monkeypatch.setattr(lsdc.localize, "evaluate", real_evaluate)
+    calls = Calls(monkeypatch)
+    metrics = train_localizer(exp, first_run["data"], out)
+    assert calls["lsdc.localize.fit_keypoints"] == 1          # fold 1 only; fold 0 was kept
+    assert (folder / LOCALIZER_PT).is_file()
+    # The resumed localiser is the one an uninterrupted run trained (the pipeline's, same folds and data).
+    pd.testing.assert_frame_equal(pd.read_csv(folder / OOF_POINTS_CSV),
+                                  pd.read_csv(first_run["out"] / exp.name / OOF_POINTS_CSV))
+    assert metrics["median_error_mm"] == first_run["result"]["localizer_median_error_mm"]
+
+
+def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, monkeypatch):
+    root, out = _copy(first_run, tmp_path)
+    (root / "tiny48.yaml").write_text(TINY.replace("size: 32", "size: 48").replace("tag: tiny", "tag: tiny48"))
+    calls = Calls(monkeypatch)
+    run_pipeline(_pipeline(root, [StepRef("tiny.yaml"), StepRef("tiny48.yaml")]), first_run["data"], out, root)
+    assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained
+    assert calls["lsdc.localize.fit_keypoints"] == 0                # nor the localiser
+    assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
+    assert calls["lsdc.ensemble.fit_ensemble"] == 2                 # annotated and localised fits redone
+    assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0
+    assert (root / "submission.csv").read_bytes() != first_run["submission"]
+
+
+def test_predict_finds_what_the_pipeline_made(first_run, tmp_path):
+    """After the pipeline, 05_predict's defaults find its only localiser and its ensemble."""
+    sub = predict_submission(first_run["data"], first_run["out"], tmp_path / "s.csv", PredictConfig(),
+                             show_progress=False)
+    assert (tmp_path / "s.csv").read_bytes() == first_run["submission"]
+    assert len(sub) > 0
+    second = first_run["out"] / "localizer_copy"
+    shutil.copytree(first_run["out"] / "localizer_tiny", second)
+    try:
+        with pytest.raises(DataError, match="localizer_copy.*localizer_tiny|localizer_tiny.*localizer_copy"):
+            predict_submission(first_run["data"], first_run["out"], tmp_path / "t.csv", PredictConfig(),
+                               show_progress=False)
+    finally:
+        shutil.rmtree(second)

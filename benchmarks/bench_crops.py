@@ -41,9 +41,10 @@ from lsdc.crops import (
     CropRequest,
     crop_roi,
     crop_study,
-    intensity_window,
     neighbour_indices,
+    series_window,
     training_requests,
+    window_slices,
 )
 from lsdc.dicom import Series, SliceHeader, load_series, pixels_from_dataset, read_header
 from lsdc.errors import DataError
@@ -121,8 +122,7 @@ def naive_crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConf
             continue  # crop_study skips a missing series too (with a warning)
         series = read_whole_series(folder, study_id, series_id)
         located = [(r, series.index_of_instance(r.instance_number)) for r in reqs]
-        needed = sorted({j for _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))})
-        window = intensity_window(series.images(needed), cfg.low_pct, cfg.high_pct)
+        window = series_window(series, cfg.low_pct, cfg.high_pct)
         for r, i in located:
             crops[(r.condition, r.level)] = crop_roi(series, i, r.x, r.y, cfg.mm(r.condition), cfg, window)
     return crops
@@ -160,7 +160,8 @@ def slice_counts(studies: list[tuple[Path, list[CropRequest]]], cfg: CropConfig)
             except DataError:
                 continue
             idx = [series.index_of_instance(r.instance_number) for r in reqs if int(r.series_id) == series_id]
-            decoded += len({j for i in idx for j in neighbour_indices(i, cfg.n_slices, len(series))})
+            decoded += len({j for i in idx for j in neighbour_indices(i, cfg.n_slices, len(series))}
+                           | set(window_slices(len(series))))
             total += len(series) + len(series.skipped)
     return decoded, total
 
@@ -185,10 +186,10 @@ def stage_times(studies: list[tuple[Path, list[CropRequest]]], cfg: CropConfig) 
                     else read_whole_series(folder, int(study_dir.name), series_id)
                 t1 = time.perf_counter()
                 located = [(r, series.index_of_instance(r.instance_number)) for r in mine]
-                needed = sorted({j for _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))})
-                images = series.images(needed)
+                needed = {j for _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))}
+                series.images(sorted(needed | set(window_slices(len(series)))))
                 t2 = time.perf_counter()
-                window = intensity_window(images, cfg.low_pct, cfg.high_pct)
+                window = series_window(series, cfg.low_pct, cfg.high_pct)
                 for r, i in located:
                     crop_roi(series, i, r.x, r.y, cfg.mm(r.condition), cfg, window)
                 t3 = time.perf_counter()

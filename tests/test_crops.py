@@ -16,11 +16,13 @@ from lsdc.crops import (
     SETTINGS_JSON,
     CropConfig,
     crop_roi,
+    crop_study,
     intensity_window,
     load_crop,
     neighbour_indices,
     prepare,
     save_crop,
+    training_requests,
 )
 from lsdc.dicom import load_series, write_slice
 from lsdc.geometry import SliceGeometry, patient_to_pixel
@@ -128,3 +130,27 @@ def test_changing_a_crop_setting_cuts_new_crops(synthetic_dir, tmp_path):
         assert folder != first and folder.name.startswith("crops_32px_1sl_")
         assert not np.array_equal(load_crop(folder / rel, 1), old), change
         assert json.loads((folder / SETTINGS_JSON).read_text()) == dataclasses.replace(base, **change).pixel_settings()
+
+
+def test_a_cells_crop_does_not_depend_on_the_other_cells_cut(synthetic_dir):
+    """Training cuts the labelled cells (or, resuming, the missing ones); inference cuts every localised
+    cell: the same cell must get the same crop either way, so the intensity window is the series' own."""
+    requests = training_requests(synthetic_dir)
+    study, reqs = next((s, r) for s, r in sorted(requests.items()) if len(r) >= 10)
+    study_dir = synthetic_dir / schema.TRAIN_IMAGES / str(study)
+    cfg = CropConfig(size=32, n_slices=3, workers=1)
+    _, together = crop_study(study_dir, reqs, cfg, None)
+    for r in reqs[::4]:
+        _, alone = crop_study(study_dir, [r], cfg, None)
+        np.testing.assert_array_equal(alone[(r.condition, r.level)], together[(r.condition, r.level)])
+
+
+def test_an_unknown_instance_drops_only_its_own_crop(synthetic_dir, caplog):
+    requests = training_requests(synthetic_dir)
+    study, reqs = next((s, r) for s, r in sorted(requests.items()) if len(r) >= 10)
+    axial = [r for r in reqs if schema.CONDITION_INFO[r.condition].group == "subarticular"]
+    bad = dataclasses.replace(axial[0], instance_number=987654)
+    cfg = CropConfig(size=32, n_slices=3, workers=1)
+    _, crops = crop_study(synthetic_dir / schema.TRAIN_IMAGES / str(study), [bad, *axial[1:]], cfg, None)
+    assert set(crops) == {(r.condition, r.level) for r in axial[1:]}
+    assert any(str(study) in r.getMessage() and "987654" in r.getMessage() for r in caplog.records)

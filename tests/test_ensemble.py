@@ -308,3 +308,19 @@ def test_script_writes_table_and_spec(tmp_path, two_models, labels):
     assert spec.kinds == {"attention_smoke": "attention", "resnet101_smoke": "resnet101"}
     assert math.isclose(table.set_index("model").loc["ensemble", "score"], spec.ensemble_score["score"])
     assert (out / "logs" / "04_ensemble.log").is_file()
+
+
+def test_nested_score_judges_the_fit_out_of_fold(labels):
+    """In-sample, weights and temperatures fitted on the very rows they are scored on look better than
+    they are: with one informative model and several pure-noise ones, the nested score (each fold blended
+    with weights fitted on the other folds) is clearly worse than the in-sample one. One model without a
+    temperature has nothing to fit: both scores agree exactly."""
+    folds = {int(s): i % 5 for i, s in enumerate(labels.study_id)}
+    good = make_oof(labels, {SPINAL: 2.5, FORAMINAL: 2.5, SUBARTICULAR: 2.5}, seed=11, signal=1.5)
+    oofs = {"good": good, **{f"noise{k}": noise_oof(labels, seed=20 + k) for k in range(6)}}
+    spec = fit_ensemble(oofs, labels, folds=folds)
+    assert spec.nested_score["score"] > spec.ensemble_score["score"] + 0.005, (spec.nested_score, spec.ensemble_score)
+    alone = fit_ensemble({"good": good}, labels, temperature=False, folds=folds)
+    assert alone.nested_score["score"] == pytest.approx(alone.ensemble_score["score"], abs=1e-12)
+    table = comparison_table(oofs, labels, ensemble=apply_ensemble(spec, oofs), nested=spec.nested_score)
+    assert table.set_index("model").loc["ensemble (nested)", "score"] == spec.nested_score["score"]

@@ -8,14 +8,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lsdc import schema
+from lsdc.crops import INDEX_CSV, load_crop
 from lsdc.data import load_train_labels
 from lsdc.dicom import Series, SliceHeader
 from lsdc.ensemble import EnsembleConfig, build_ensemble
-from lsdc.experiment import fill_with_prior, prior_probabilities
+from lsdc.errors import DataError
+from lsdc.experiment import VAL_PREDS_CSV, fill_with_prior, load_experiment_models, prior_probabilities
 from lsdc.geometry import SliceGeometry
-from lsdc.inference import PredictConfig, predict_submission
+from lsdc.inference import PredictConfig, classify, predict_submission
 from lsdc.localize import heatmap_loss, slice_candidates
 from lsdc.localized_oof import localized_oof
 from lsdc.metric import score, solution_from_labels, validate_submission
@@ -156,3 +159,37 @@ def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, tmp_path,
     np.testing.assert_allclose(sub_rows[list(schema.SEVERITY_COLUMNS)].to_numpy(), np.tile(prior, (10, 1)))
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert str(gone) in messages and str(corrupt) in messages
+
+
+def test_out_of_fold_predictions_are_what_inference_gives(smoke_run):
+    """Parity: a held-out crop classified at test time (its fold's model, that fold's normalisation,
+    float32) gets exactly the probabilities written in the out-of-fold predictions."""
+    exp = smoke_run["out"] / smoke_run["cfg"].experiment
+    models = load_experiment_models(exp)
+    crops_dir = smoke_run["out"] / smoke_run["cfg"].crops.dirname
+    index = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
+    assert len({tuple(f.mean) for f in models.folds}) == 2    # the folds were trained with different statistics
+    for fold in (0, 1):
+        val = pd.read_csv(exp / f"fold{fold}" / VAL_PREDS_CSV).head(12).merge(
+            index[["study_id", "condition", "level", "path"]], on=["study_id", "condition", "level"])
+        held_out = models.only_fold(fold)
+        for r in val.itertuples(index=False):
+            crop = load_crop(crops_dir / r.path, smoke_run["cfg"].crops.n_slices)
+            probs = classify(held_out, {(r.condition, r.level): crop}, torch.device("cpu"), False, 8)
+            np.testing.assert_allclose(probs[(r.condition, r.level)], [r.normal_mild, r.moderate, r.severe],
+                                       atol=2e-6)
+
+
+def test_a_systematic_failure_stops_prediction(smoke_run, smoke_localizer, tmp_path):
+    """When most test studies cannot be read, prediction stops with an error naming them instead of
+    writing an all-prior submission."""
+    data = tmp_path / "data"
+    shutil.copytree(smoke_run["data"], data, ignore=shutil.ignore_patterns(schema.TRAIN_IMAGES))
+    studies = sorted(p.name for p in (data / schema.TEST_IMAGES).iterdir())
+    for study in studies[1:]:
+        for f in (data / schema.TEST_IMAGES / study).rglob("*.dcm"):
+            f.write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match=rf"{len(studies) - 1} of {len(studies)} test studies.*{studies[1]}"):
+        predict_submission(data, smoke_run["out"], tmp_path / "s.csv",
+                           PredictConfig(localizer=smoke_localizer["name"]), show_progress=False)
+    assert not (tmp_path / "s.csv").exists()

@@ -19,7 +19,7 @@ import lsdc.train as train_mod
 from lsdc import schema
 from lsdc.crops import save_crop
 from lsdc.errors import ConfigError
-from lsdc.experiment import COND_INDEX, TrainConfig, load_checkpoint, select_logits
+from lsdc.experiment import COND_INDEX, TrainConfig, load_checkpoint, prior_probabilities, select_logits
 from lsdc.paper import paper_summary
 from lsdc.train import CropDataset, lr_flip_condition, train_experiment, weighted_ce
 
@@ -167,3 +167,43 @@ def test_paper_task_on_smoke_crops(smoke_run):
     assert o["accuracy"] == pytest.approx(accuracy_score(preds.target, preds.severe >= 0.5))
     if preds.target.nunique() == 2:
         assert o["auc"] == pytest.approx(roc_auc_score(preds.target, preds.severe))
+
+
+def test_prior_is_the_best_constant_under_the_metric():
+    """The fallback prior is proportional to weight x frequency (the minimiser of the weighted log loss),
+    not the plain frequency: hand-computed on 6 labelled spinal cells (4 normal, 1 moderate, 1 severe;
+    +1 smoothing: 5, 2, 2, weighted 5, 4, 8)."""
+    cols = [c for c in schema.LABEL_COLUMNS if schema.group_of_column(c) == "spinal"]
+    values = {c: [np.nan] * 2 for c in schema.LABEL_COLUMNS}
+    cells = ["Normal/Mild"] * 4 + ["Moderate", "Severe"]
+    for i, c in enumerate(cells):
+        values[cols[i % 5]][i // 5] = c
+    train = pd.DataFrame({"study_id": [1, 2], **values})
+    prior = prior_probabilities(train)
+    np.testing.assert_allclose(prior["spinal"], np.array([5, 4, 8]) / 17)
+    np.testing.assert_allclose(prior["foraminal"], np.array([1, 2, 4]) / 7)   # no labels: smoothing only
+    # It beats the plain frequencies on the metric's weighted log loss of these cells.
+    y = np.array([0, 0, 0, 0, 1, 2])
+    w = np.array(schema.SEVERITY_WEIGHTS)[y]
+
+    def loss(p):
+        return float((w * -np.log(np.asarray(p)[y])).sum() / w.sum())
+
+    assert loss(prior["spinal"]) < loss(np.array([5, 2, 2]) / 9) - 0.05
+
+
+def test_scale_augmentation_keeps_the_aspect_ratio(tmp_path):
+    """The paper scales uniformly; albumentations 2 draws x and y scales apart unless keep_ratio is set,
+    which turned a disc into ellipses up to 1.5x longer than wide."""
+    yy, xx = np.mgrid[:64, :64]
+    img = (((yy - 32) ** 2 + (xx - 32) ** 2 < 14**2) * 255).astype(np.uint8)
+    save_crop(tmp_path / "disc.png", np.repeat(img[..., None], 3, axis=2))
+    table = pd.DataFrame({"path": [str(tmp_path / "disc.png")] * 40, "cond": [0] * 40, "target": [0] * 40})
+    tcfg = TrainConfig(augment=True, scale=(0.8, 1.2), translate_px=0, rotate_deg=0.0, vflip=0.0)
+    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), tcfg, size=64, seed=0)
+    ratios = []
+    for i in range(len(ds)):
+        mask = ds[i][0][0].numpy() > 0.5
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        ratios.append((cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1))
+    assert max(abs(r - 1) for r in ratios) < 0.08, ratios

@@ -39,6 +39,8 @@ SETTINGS_JSON = "settings.json"
 INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instance_number", "x", "y", "path")
 
 
+CROP_VERSION = 2    # 2: the intensity window depends on the series alone
+WINDOW_SLICES = 5   # slices per series the intensity window is computed from
 PIXEL_SETTINGS = ("size", "n_slices", "spinal_mm", "foraminal_mm", "subarticular_mm", "low_pct", "high_pct")
 
 
@@ -60,8 +62,9 @@ class CropConfig:
         return float(getattr(self, f"{schema.CONDITION_INFO[condition].group}_mm"))
 
     def pixel_settings(self) -> dict[str, float]:
-        """Every setting that changes a crop's pixels (not the worker count or the contact sheet)."""
-        return {k: getattr(self, k) for k in PIXEL_SETTINGS}
+        """Every setting that changes a crop's pixels (not the worker count or the contact sheet), and the
+        version of the crop code, so that crops cut by older code are never reused."""
+        return {"version": CROP_VERSION, **{k: getattr(self, k) for k in PIXEL_SETTINGS}}
 
     @property
     def dirname(self) -> str:
@@ -92,6 +95,17 @@ def intensity_window(images: list[np.ndarray], low_pct: float, high_pct: float) 
     values = np.concatenate([np.asarray(im, dtype=np.float32)[::4, ::4].ravel() for im in images])
     lo, hi = np.percentile(values, [low_pct, high_pct])
     return float(lo), float(max(hi, lo + 1e-3))
+
+
+def window_slices(n_total: int) -> list[int]:
+    """The slices a series' intensity window is taken from: up to WINDOW_SLICES, evenly spaced."""
+    return sorted(set(np.linspace(0, n_total - 1, min(n_total, WINDOW_SLICES)).round().astype(int).tolist()))
+
+
+def series_window(series: Series, low_pct: float, high_pct: float) -> tuple[float, float]:
+    """The robust intensity window of a series, from its :func:`window_slices` alone: every crop of a
+    series gets the same window whichever cells are cut with it (training, a resumed run, a test study)."""
+    return intensity_window(series.images(window_slices(len(series))), low_pct, high_pct)
 
 
 def neighbour_indices(centre: int, n_slices: int, n_total: int) -> list[int]:
@@ -191,7 +205,8 @@ class CropRequest:
 def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, out_dir: Path | None,
                skip_existing: bool = True, series_cache: dict[int, Series] | None = None,
                ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
-    """Crop every request of one study, reading each series once and only the slices needed.
+    """Crop every request of one study, reading each series once and only the slices needed (those of
+    the crops and of the series' intensity window).
 
     Returns index rows (with the PNG path when ``out_dir`` is given) and, when it is not, the crops
     in memory keyed by (condition, level). A request that fails (missing series, unknown instance)
@@ -217,14 +232,17 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
         try:
             series = (series_cache or {}).get(series_id) or load_series(
                 study_dir / str(series_id), study_id=study_id, series_id=series_id)
-            located = [(r, path, series.index_of_instance(r.instance_number)) for r, path in todo]
-            needed = sorted({j for _, _, i in located for j in neighbour_indices(i, cfg.n_slices, len(series))})
-            window = intensity_window(series.images(needed), cfg.low_pct, cfg.high_pct)
+            window = series_window(series, cfg.low_pct, cfg.high_pct)
         except DataError as exc:
             log.warning("study %s: skipping %d crop(s) of series %s: %s", study_id, len(todo), series_id, exc)
             continue
-        for r, path, i in located:
-            crop = crop_roi(series, i, r.x, r.y, cfg.mm(r.condition), cfg, window)
+        for r, path in todo:
+            try:
+                index = series.index_of_instance(r.instance_number)
+            except DataError as exc:  # this point only: the series' other crops are still cut
+                log.warning("study %s: no %s %s crop: %s", study_id, r.condition, r.level, exc)
+                continue
+            crop = crop_roi(series, index, r.x, r.y, cfg.mm(r.condition), cfg, window)
             if path is None:
                 arrays[(r.condition, r.level)] = crop
             else:

@@ -43,6 +43,7 @@ from threadpoolctl import threadpool_limits
 from lsdc import metric, schema
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import CONFIG_YAML, OOF_CSV, load_experiment_config
+from lsdc.folds import folds_csv
 from lsdc.io import write_csv, write_json, write_text
 from lsdc.models import ATTENTION
 from lsdc.stamps import digest, file_state, is_current, write_stamp
@@ -55,6 +56,7 @@ SPEC_JSON = "ensemble.json"
 SPEC_VERSION = 1
 
 ENSEMBLE = "ensemble"              # the ensemble's row name and kind in the comparison table
+NESTED = "ensemble (nested)"       # the ensemble with each fold blended by weights fitted on the other folds
 UNKNOWN_KIND = "unknown"           # an experiment without a readable config.yaml model section
 ABLATION_KIND = "ablation"         # the attention model with one of its components switched off
 COMBINE_RULE = "weighted arithmetic mean of per-group tempered probabilities, renormalised per row"
@@ -109,6 +111,8 @@ class EnsembleSpec:
     kinds: dict[str, str] = field(default_factory=dict)         # model -> attention, densenet201, ...
     oof_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> official terms
     ensemble_score: dict[str, float] = field(default_factory=dict)
+    # The same fit judged out of fold: each fold blended with weights fitted on the other folds.
+    nested_score: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None                         # the single model fallen back to, if any
     fit: dict[str, Any] = field(default_factory=dict)   # objective, group losses, row counts
     combine: str = COMBINE_RULE
@@ -451,31 +455,28 @@ def _single_spec(models: list[str], chosen: str) -> tuple[dict[str, dict[str, fl
     return weights, {g: 1.0 for g in schema.GROUPS}
 
 
-def fit_ensemble(
-    oofs: Mapping[str, pd.DataFrame],
-    labels: pd.DataFrame,
-    *,
-    temperature: bool = True,
-    min_weight: float = 1e-3,
-    kinds: Mapping[str, str] | None = None,
-    experiments: Mapping[str, str] | None = None,
-) -> EnsembleSpec:
-    """Fit per-group weights (and temperatures) on the experiments' OOF predictions.
+@dataclass
+class _Fit:
+    """Per-group weights and temperatures fitted on some OOF rows (the single best model when no blend
+    beats it there)."""
 
-    ``oofs``: experiment name -> OOF frame (submission format; aligned on their shared rows here).
-    ``labels``: train.csv-shaped frame or scoring-format solution. The returned spec's ensemble OOF score
-    (official :func:`lsdc.metric.score`) beats the best single model's by more than ``MIN_GAIN``, or the
-    spec is that model alone (``fallback`` names it) and the two scores are exactly equal.
-    """
-    aligned = align_oofs(oofs)
-    models = list(aligned)
-    first = next(iter(aligned.values()))
-    solution = _solution_for(labels, first[ROW_ID].tolist())
+    weights: dict[str, dict[str, float]]
+    temperatures: dict[str, float]
+    group_loss: dict[str, float]
+    best: str
+    single: dict[str, dict[str, float]]
+    score: dict[str, float]
+    fallback: str | None
+
+
+def _fit(aligned: Mapping[str, pd.DataFrame], solution: pd.DataFrame, temperature: bool, min_weight: float,
+         quiet: bool = False) -> _Fit:
+    """The fitting procedure of :func:`fit_ensemble` on aligned OOF frames and their solution."""
     frames = {m: _model_frame(df) for m, df in aligned.items()}
+    models = list(frames)
     single = {m: metric.score(solution, frames[m]) for m in models}
     best = min(models, key=lambda m: single[m][SCORE])
     data = _group_data(frames, solution)
-
     weights: dict[str, dict[str, float]] = {}
     temps: dict[str, float] = {}
     losses: dict[str, float] = {}
@@ -487,30 +488,82 @@ def fit_ensemble(
         weights[group] = {m: float(x) for m, x in zip(models, w)}
         temps[group] = float(t)
         losses[group] = float(loss)
-        log.info("%s: weights %s, T %.3f, loss %.5f", group,
-                 ", ".join(f"{m} {x:.3f}" for m, x in weights[group].items()), t, loss)
+        if not quiet:
+            log.info("%s: weights %s, T %.3f, loss %.5f", group,
+                     ", ".join(f"{m} {x:.3f}" for m, x in weights[group].items()), t, loss)
+    spec = EnsembleSpec(models=models, weights=weights, temperatures=temps)
+    score = metric.score(solution, apply_ensemble(spec, aligned))
+    fallback = None
+    if score[SCORE] > single[best][SCORE] - MIN_GAIN:
+        if not quiet:
+            log.info("the blend (%.5f) does not beat %s alone (%.5f): falling back to it",
+                     score[SCORE], best, single[best][SCORE])
+        weights, temps = _single_spec(models, best)
+        losses = {g: _group_loss(data[g], np.eye(len(models))[models.index(best)], 1.0) for g in schema.GROUPS}
+        score = metric.score(solution, apply_ensemble(EnsembleSpec(models, weights, temps), aligned))
+        fallback = best
+    return _Fit(weights, temps, losses, best, single, score, fallback)
 
+
+def nested_score(aligned: Mapping[str, pd.DataFrame], solution: pd.DataFrame, folds: Mapping[int, int],
+                 temperature: bool = True, min_weight: float = 1e-3) -> dict[str, float]:
+    """The official score of the ensemble when each fold's rows are blended with weights and temperatures
+    fitted on the other folds only: an honest estimate, where the in-sample score is fitted and scored on
+    the same rows. ``folds``: study_id -> fold."""
+    ids = next(iter(aligned.values()))[ROW_ID].astype(str)
+    fold_of = np.array([folds.get(schema.parse_row_id(r)[0], -1) for r in ids])
+    sol_fold = np.array([folds.get(schema.parse_row_id(r)[0], -1) for r in solution[ROW_ID].astype(str)])
+    pieces = []
+    for fold in sorted(set(fold_of) - {-1}):
+        train_rows, held = fold_of != fold, fold_of == fold
+        fitted = _fit({m: df[train_rows].reset_index(drop=True) for m, df in aligned.items()},
+                      solution[sol_fold != fold].reset_index(drop=True), temperature, min_weight, quiet=True)
+        spec = EnsembleSpec(list(aligned), fitted.weights, fitted.temperatures)
+        pieces.append(apply_ensemble(spec, {m: df[held] for m, df in aligned.items()}))
+    if not pieces:
+        raise DataError("nested ensemble score: none of the OOF studies has a fold")
+    return metric.score(solution[sol_fold != -1].reset_index(drop=True), pd.concat(pieces, ignore_index=True))
+
+
+def fit_ensemble(
+    oofs: Mapping[str, pd.DataFrame],
+    labels: pd.DataFrame,
+    *,
+    temperature: bool = True,
+    min_weight: float = 1e-3,
+    kinds: Mapping[str, str] | None = None,
+    experiments: Mapping[str, str] | None = None,
+    folds: Mapping[int, int] | None = None,
+) -> EnsembleSpec:
+    """Fit per-group weights (and temperatures) on the experiments' OOF predictions.
+
+    ``oofs``: experiment name -> OOF frame (submission format; aligned on their shared rows here).
+    ``labels``: train.csv-shaped frame or scoring-format solution. The returned spec's ensemble OOF score
+    (official :func:`lsdc.metric.score`) beats the best single model's by more than ``MIN_GAIN``, or the
+    spec is that model alone (``fallback`` names it) and the two scores are exactly equal. With ``folds``
+    (study_id -> fold) the spec also records :func:`nested_score`, the same fit judged out of fold.
+    """
+    aligned = align_oofs(oofs)
+    models = list(aligned)
+    first = next(iter(aligned.values()))
+    solution = _solution_for(labels, first[ROW_ID].tolist())
+    fitted = _fit(aligned, solution, temperature, min_weight)
     studies = {schema.parse_row_id(r)[0] for r in first[ROW_ID]}
     spec = EnsembleSpec(
-        models=models, weights=weights, temperatures=temps,
+        models=models, weights=fitted.weights, temperatures=fitted.temperatures,
         experiments={m: (experiments or {}).get(m, m) for m in models},
         kinds={m: (kinds or {}).get(m, UNKNOWN_KIND) for m in models},
-        oof_scores=single,
+        oof_scores=fitted.single, ensemble_score=fitted.score, fallback=fitted.fallback,
         fit={"objective": FIT_OBJECTIVE, "temperature_fitted": temperature, "min_weight": min_weight,
-             "group_loss": losses, "best_single": best, "n_rows": len(first), "n_scored_rows": len(solution),
-             "n_studies": len(studies)},
+             "group_loss": fitted.group_loss, "best_single": fitted.best, "n_rows": len(first),
+             "n_scored_rows": len(solution), "n_studies": len(studies)},
     )
-    spec.ensemble_score = metric.score(solution, apply_ensemble(spec, aligned))
-    if spec.ensemble_score[SCORE] > single[best][SCORE] - MIN_GAIN:
-        log.info("the blend (%.5f) does not beat %s alone (%.5f): falling back to it",
-                 spec.ensemble_score[SCORE], best, single[best][SCORE])
-        spec.weights, spec.temperatures = _single_spec(models, best)
-        spec.fallback = best
-        spec.fit["group_loss"] = {g: _group_loss(data[g], np.eye(len(models))[models.index(best)], 1.0)
-                                  for g in schema.GROUPS}
-        spec.ensemble_score = metric.score(solution, apply_ensemble(spec, aligned))
+    if folds:
+        spec.nested_score = nested_score(aligned, solution, folds, temperature, min_weight)
+        log.info("ensemble OOF score %.5f in sample, %.5f nested (weights fitted on the other folds)",
+                 spec.ensemble_score[SCORE], spec.nested_score[SCORE])
     log.info("ensemble OOF score %.5f; best single model %s %.5f",
-             spec.ensemble_score[SCORE], best, single[best][SCORE])
+             spec.ensemble_score[SCORE], fitted.best, fitted.single[fitted.best][SCORE])
     return spec
 
 
@@ -617,11 +670,13 @@ def comparison_table(
     *,
     ensemble: pd.DataFrame | None = None,
     kinds: Mapping[str, str] | None = None,
+    nested: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """One row per model (and the ensemble, if given), sorted by official score, on the shared OOF rows.
 
     Columns: model, kind, ensemble (bool), the official score and its four terms, then per condition
     ``<condition>_acc``, ``_f1``, ``_auc``. ``labels``: train.csv-shaped frame or scoring-format solution.
+    ``nested``: the ensemble's nested score (:func:`nested_score`), listed as its own row.
     """
     aligned = align_oofs(oofs)
     first = next(iter(aligned.values()))
@@ -639,6 +694,8 @@ def comparison_table(
         result = metric.score(solution, df)
         rows.append({"model": name, "kind": kind, ENSEMBLE: is_ens, **{k: result[k] for k in TERMS},
                      **_condition_metrics(solution, df)})
+    if nested:
+        rows.append({"model": NESTED, "kind": ENSEMBLE, ENSEMBLE: True, **{k: nested[k] for k in TERMS}})
     return pd.DataFrame(rows).sort_values(SCORE, kind="stable").reset_index(drop=True)
 
 
@@ -682,7 +739,8 @@ def build_ensemble(
         raise ConfigError(f"experiment(s) {unknown} have no {cfg.oof_file} in {output_dir}; found: {list(found)}")
     table_csv, table_md = table_names(cfg.oof_file)
     spec_path = output_dir / cfg.spec_file
-    inputs = {"config": dataclasses.asdict(cfg), "oofs": {n: file_state(found[n]) for n in names},
+    inputs = {"version": SPEC_VERSION, "config": dataclasses.asdict(cfg),
+              "oofs": {n: file_state(found[n]) for n in names},
               "configs": {n: file_state(found[n].parent / CONFIG_YAML) for n in names},
               "labels": digest(train_labels.to_csv(index=False))}
     if is_current(spec_path, inputs) and (output_dir / table_csv).is_file():
@@ -690,15 +748,34 @@ def build_ensemble(
         return pd.read_csv(output_dir / table_csv), load_ensemble(spec_path)
     oofs = align_oofs({n: read_oof(found[n]) for n in names})
     kinds = {n: experiment_kind(found[n].parent) for n in names}
+    folds = _shared_folds(output_dir, [found[n].parent for n in names])
     spec = fit_ensemble(oofs, train_labels, temperature=cfg.temperature, min_weight=cfg.min_weight,
-                        kinds=kinds, experiments={n: found[n].parent.name for n in names})
-    table = comparison_table(oofs, train_labels, ensemble=apply_ensemble(spec, oofs), kinds=kinds)
+                        kinds=kinds, experiments={n: found[n].parent.name for n in names}, folds=folds)
+    table = comparison_table(oofs, train_labels, ensemble=apply_ensemble(spec, oofs), kinds=kinds,
+                             nested=spec.nested_score)
     write_csv(table, output_dir / table_csv)
     write_text(output_dir / table_md, table_markdown(table))
     save_ensemble(spec, spec_path)
     write_stamp(spec_path, inputs)
     log.info("wrote %s, %s and %s in %s", table_csv, table_md, cfg.spec_file, output_dir)
     return table, spec
+
+
+def _shared_folds(output_dir: Path, exp_dirs: list[Path]) -> dict[int, int] | None:
+    """study_id -> fold of the folds file the experiments were trained on (for the nested score); None
+    when they name different fold counts or the file is missing."""
+    counts = set()
+    for d in exp_dirs:
+        try:
+            counts.add(load_experiment_config(d).folds.n_folds)
+        except DataError:
+            return None
+    path = output_dir / folds_csv(counts.pop()) if len(counts) == 1 else None
+    if path is None or not path.is_file():
+        log.info("no shared folds file for the experiments: the nested ensemble score is left out")
+        return None
+    folds = pd.read_csv(path)
+    return dict(zip(folds.study_id.astype(int), folds.fold.astype(int)))
 
 
 def table_names(oof_file: str) -> tuple[str, str]:

@@ -245,14 +245,17 @@ def load_experiment_models(exp_dir: str | Path, device: str | torch.device = "cp
 
 
 def prior_probabilities(train: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Class frequencies per metric group in the training labels (+1 smoothing): the fallback prediction."""
+    """The best constant prediction per metric group under the metric: class counts (+1 smoothing) times
+    the severity weights 1/2/4, normalised. Minimising sum_k w_k n_k (-log p_k) over p gives
+    p_k proportional to w_k n_k, not the plain frequency n_k (which is worse than uniform for subarticular
+    on the real class mix)."""
     long = train.melt(id_vars="study_id", value_vars=list(schema.LABEL_COLUMNS), var_name="col", value_name="sev")
     long = long.dropna(subset=["sev"])
     out = {}
     for group in schema.GROUPS:
         sev = long[long.col.map(schema.group_of_column) == group].sev.map(schema.SEVERITY_INDEX)
-        counts = np.bincount(sev, minlength=3).astype(float) + 1.0
-        out[group] = counts / counts.sum()
+        mass = (np.bincount(sev, minlength=3).astype(float) + 1.0) * np.asarray(schema.SEVERITY_WEIGHTS)
+        out[group] = mass / mass.sum()
     return out
 
 

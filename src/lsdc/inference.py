@@ -64,6 +64,9 @@ class PredictConfig:
     tta: bool = False                     # average with vertically flipped crops
     device: str = "auto"
     batch_size: int = 64
+    # A study that cannot be read still gets all its rows (prior where no model ran); when more than this
+    # share of the studies fail, something is systematically wrong and prediction stops with an error.
+    max_failed_share: float = 0.5
 
 
 def trained_experiments(weights_dir: Path) -> list[str]:
@@ -228,6 +231,7 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
             log.warning("study %s: could not be processed (%s: %s); all its rows get the training prior",
                         sid, type(exc).__name__, exc)
             report.append({"study_id": sid, "cells_localised": 0, "missing_series": "", "error": str(exc)})
+    check_failures(report, cfg.max_failed_share)
     frames = {n: pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS)) for n, rows in per_model.items()}
     frames = {n: f for n, f in frames.items() if len(f)}
     blended = apply_ensemble(spec, frames) if frames else None
@@ -238,6 +242,17 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
     write_stamp(out_path, inputs)
     log.info("wrote %s: %d rows, %d studies in %.1f s", out_path, len(sub), len(studies), time.perf_counter() - t0)
     return sub
+
+
+def check_failures(report: list[dict[str, Any]], max_share: float) -> None:
+    """DataError naming the studies when more than ``max_share`` of them got no model prediction at all
+    (unreadable, or nothing localised): a systematic failure must not pass as an all-prior submission."""
+    failed = [r["study_id"] for r in report if r["error"] or not r["cells_localised"]]
+    if report and len(failed) > max_share * len(report):
+        shown = ", ".join(str(s) for s in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        reasons = sorted({r["error"] for r in report if r["error"]})[:2]
+        raise DataError(f"{len(failed)} of {len(report)} test studies got no prediction (more than "
+                        f"max_failed_share={max_share}): {shown}" + (f"; e.g. {'; '.join(reasons)}" if reasons else ""))
 
 
 def weights_state(weights_dir: Path, loc_dir: Path, cfg: PredictConfig) -> dict[str, Any]:

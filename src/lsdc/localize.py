@@ -36,7 +36,7 @@ from torch import nn
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.crops import CropRequest, intensity_window, neighbour_indices, resample_patch
+from lsdc.crops import CropRequest, neighbour_indices, resample_patch, series_window
 from lsdc.data import images_dir, load_coordinates, load_series_descriptions, load_study_series
 from lsdc.dicom import Series, read_header
 from lsdc.errors import ConfigError, DataError
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SPINAL = schema.condition_for("spinal")
 LOCALIZER_PT = "localizer.pt"
 OOF_POINTS_CSV = "oof_points.csv"
+WINDOW_PCT = (1.0, 99.5)   # the localiser's inputs are windowed per series like the crops
 # Per held-out annotated point: the error, and the crop request the localiser made for it (empty when it
 # placed none), so that lsdc.predict.localized_oof can classify exactly these crops.
 OOF_POINT_COLUMNS = ("study_id", "condition", "level", "error_mm", "slice_correct", "series_id", "instance_number",
@@ -134,8 +135,7 @@ def middle_index(series: Series) -> int:
 def slice_input(series: Series, index: int, size: int) -> np.ndarray:
     """Slices index-1, index, index+1 of a sagittal series, windowed and resized: float32 (3, size, size)."""
     idx = neighbour_indices(index, 3, len(series))
-    images = series.images(sorted(set(idx)))
-    lo, hi = intensity_window(images, 1.0, 99.5)
+    lo, hi = series_window(series, *WINDOW_PCT)
     chans = [cv2.resize(np.asarray(series.image(j), np.float32), (size, size), interpolation=cv2.INTER_AREA)
              for j in idx]
     return np.clip((np.stack(chans) - lo) / (hi - lo), 0, 1).astype(np.float32)
@@ -299,12 +299,6 @@ def slice_patches(series: Series, candidates: list[int], point: np.ndarray, cfg:
     return out
 
 
-def series_window(series: Series, point: np.ndarray) -> tuple[float, float]:
-    """The series' intensity window, from the slices nearest the point (as the crops use)."""
-    nearest = np.argsort(plane_distances(series, point))[:3]
-    return intensity_window(series.images(sorted(nearest.tolist())), 1.0, 99.5)
-
-
 @dataclass
 class SliceSample:
     """One annotated point: its series, the point the localiser would start from, the annotated slice."""
@@ -344,7 +338,7 @@ def fit_slice_scorer(samples: list[SliceSample], cfg: LocalizerConfig, device: t
     for smp in samples:
         cands = slice_candidates(smp.series, smp.point, cfg.slice_window_mm)
         if smp.target in cands:
-            groups.append((smp, cands, series_window(smp.series, smp.point)))
+            groups.append((smp, cands, series_window(smp.series, *WINDOW_PCT)))
     if not groups:
         return None
     torch.manual_seed(cfg.seed)
@@ -396,7 +390,7 @@ class Localizer:
     def pick_slice(self, group: str, series: Series, point: np.ndarray) -> int:
         """The candidate slice the group's scorers (averaged) rate highest for a point."""
         cands = slice_candidates(series, point, self.cfg.slice_window_mm)
-        x = torch.from_numpy(slice_patches(series, cands, point, self.cfg, series_window(series, point)))
+        x = torch.from_numpy(slice_patches(series, cands, point, self.cfg, series_window(series, *WINDOW_PCT)))
         scores = torch.stack([torch.log_softmax(m(x), 0) for m in self.slice_models[group]]).mean(0)
         return cands[int(scores.argmax())]
 

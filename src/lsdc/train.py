@@ -109,7 +109,8 @@ class CropDataset(Dataset):
         self.affine = None
         if tcfg is not None and tcfg.augment:
             t = int(round(tcfg.translate_px * size / 224))
-            self.affine = A.Affine(scale=tuple(tcfg.scale), translate_px={"x": (-t, t), "y": (-t, t)},
+            # keep_ratio: one scale for both axes, as the paper scales (albumentations 2 draws x and y apart).
+            self.affine = A.Affine(scale=tuple(tcfg.scale), keep_ratio=True, translate_px={"x": (-t, t), "y": (-t, t)},
                                    rotate=(-tcfg.rotate_deg, tcfg.rotate_deg), border_mode=0, fill=0, p=1.0)
             self.affine.set_random_seed(seed)  # albumentations draws from its own generator: seed it too
 
@@ -174,17 +175,17 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, k: int, device: torch.device, amp: bool,
+def predict_loader(model: nn.Module, loader: DataLoader, k: int, device: torch.device,
                    channels_last: bool = False) -> np.ndarray:
-    """Softmax probabilities (N, K) of each crop's condition."""
+    """Softmax probabilities (N, K) of each crop's condition, in float32 like every prediction at test
+    time (lsdc.inference): out-of-fold numbers are those of the same model on the same crop there."""
     model.eval()
     out = []
     for x, cond, _ in loader:
         x = x.to(device, non_blocking=True)
         if channels_last and device.type == "cuda":
             x = x.to(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(x)
+        logits = model(x)
         out.append(torch.softmax(select_logits(logits.float(), cond.to(device), k), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
@@ -242,7 +243,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
             opt.step()
             losses.append(float(loss.detach()) * len(y))
             seen += len(y)
-        probs = predict_loader(model, val_dl, k, device, tcfg.amp, tcfg.channels_last)
+        probs = predict_loader(model, val_dl, k, device, tcfg.channels_last)
         val_loss = float(weighted_ce(torch.log(torch.from_numpy(probs).clamp_min(1e-15)),
                                      torch.as_tensor(val_t.target.to_numpy().copy()),
                                      weights.cpu()))
@@ -265,7 +266,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
                  state["history"][-1]["train_loss"], val_loss, val_acc, "  *" if improved else "")
 
     best_model, _ = load_checkpoint(out / BEST_PT, device)
-    probs = predict_loader(best_model, val_dl, k, device, tcfg.amp, tcfg.channels_last)
+    probs = predict_loader(best_model, val_dl, k, device, tcfg.channels_last)
     preds = val_t[["study_id", "condition", "level", "label", "target"]].copy()
     for j, name in enumerate(meta["classes"]):
         preds[name] = probs[:, j]

@@ -44,6 +44,6 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def smoke_localizer(smoke_run: dict) -> dict:
     """A small localiser trained on the smoke data's 2 folds, with its out-of-fold metrics."""
     exp = LocalizerExperiment(name="localizer_test", folds=FoldConfig(n_folds=2),
-                              localizer=LocalizerConfig(image_size=96, width=8, epochs=15))
+                              localizer=LocalizerConfig(image_size=96, width=8, epochs=12))
     metrics = train_localizer(exp, smoke_run["data"], smoke_run["out"])
     return {"name": exp.name, "metrics": metrics}

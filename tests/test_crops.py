@@ -26,6 +26,7 @@ from lsdc.crops import (
 )
 from lsdc.dicom import load_series, write_slice
 from lsdc.geometry import SliceGeometry, patient_to_pixel
+from lsdc.stamps import stamp_path
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -101,18 +102,25 @@ def test_prepare_on_synthetic_data(synthetic_dir, tmp_path, caplog):
     centre = np.mean([load_crop(crops_dir / p, 3)[20:28, 20:28, 1].mean() for p in spinal.path])
     overall = np.mean([load_crop(crops_dir / p, 3)[..., 1].mean() for p in spinal.path])
     assert centre > overall
-    # A rerun keeps valid crops; a corrupt one is rewritten; a broken study is reported, not fatal.
+    # An interrupted run (no record of a finished index) resumes: valid crops are kept, a corrupt one is cut again.
     mtime = first.stat().st_mtime_ns
+    stamp_path(crops_dir / INDEX_CSV).unlink()
     (crops_dir / index.path.iloc[1]).write_bytes(b"not a png")
+    prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
+    assert first.stat().st_mtime_ns == mtime
+    assert load_crop(crops_dir / index.path.iloc[1], 3).shape == (48, 48, 3)
+    # A finished index is kept as long as its inputs are the same ...
+    prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
+    assert first.stat().st_mtime_ns == mtime
+    # ... and cut again when they change: a broken study is then reported and left out, not fatal.
     victim = index.study_id.iloc[-1]
     for f in (synthetic_dir / schema.TRAIN_IMAGES / str(victim)).rglob("*.dcm"):
         f.write_bytes(b"garbage")
-    shutil.rmtree(crops_dir / str(victim))
     prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
     again = pd.read_csv(crops_dir / INDEX_CSV, keep_default_na=False)
-    assert first.stat().st_mtime_ns == mtime
-    assert load_crop(crops_dir / index.path.iloc[1], 3).shape == (48, 48, 3)
+    assert first.stat().st_mtime_ns != mtime
     assert len(again) == len(index) - (index.study_id == victim).sum() and victim not in set(again.study_id)
+    assert not (crops_dir / str(victim)).exists()
     assert any(str(victim) in r.getMessage() for r in caplog.records)
 
 

@@ -18,7 +18,6 @@ from lsdc.models import (
     AttentionConfig,
     KeypointNet,
     ModelConfig,
-    SliceScorer,
     count_macs,
     count_parameters,
     create_model,
@@ -263,11 +262,7 @@ def test_attention_config_is_the_networks_one_list_of_settings() -> None:
     assert model.body.cbam is not None and create_model(small_cfg(use_cbam=False)).body.cbam is None
 
 
-def test_localizer_networks_shapes() -> None:
-    heat = KeypointNet(in_chans=3, n_points=5, width=8).eval()
-    assert heat(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64 // KeypointNet.stride, 64 // KeypointNet.stride)
-    scorer = SliceScorer(width=8).eval()
-    x = torch.rand(5, 3, 48, 48)
-    out = scorer(x)
-    assert out.shape == (5,)
-    assert torch.allclose(scorer(x[[3, 1]]), out[[3, 1]], atol=1e-5)  # each patch scored on its own
+@pytest.mark.parametrize("stride", [2, 4])
+def test_keypoint_net_shapes(stride: int) -> None:
+    heat = KeypointNet(in_chans=3, n_points=5, width=8, stride=stride).eval()
+    assert heat(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64 // stride, 64 // stride)

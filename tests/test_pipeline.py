@@ -19,7 +19,7 @@ import lsdc.train
 from lsdc import config as config_mod
 from lsdc.errors import DataError
 from lsdc.inference import PredictConfig, predict_submission
-from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, LocalizerExperiment, train_localizer
+from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, VIEWS, LocalizerExperiment, train_localizer
 from lsdc.pipeline import PipelineConfig, StepRef, run_pipeline
 
 TINY = """
@@ -35,7 +35,7 @@ train: {epochs: 1, batch_size: 64, workers: 0, patience: 1}
 LOCALIZER = """
 name: localizer_tiny
 folds: {n_folds: 2, seed: 42}
-localizer: {image_size: 64, width: 8, epochs: 2, slice_epochs: 1, slice_patch_px: 24}
+localizer: {image_size: 64, width: 8, epochs: 2}
 """
 
 
@@ -50,7 +50,7 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, forbid: bool = False) -> None:
         self.counts: dict[str, int] = {}
         self.experiments: list[str] = []
-        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize, "fit_keypoints"),
+        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize, "fit_view"),
                              (lsdc.ensemble, "fit_ensemble"), (lsdc.inference, "classify"),
                              (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
             monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
@@ -117,7 +117,7 @@ def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, 
     monkeypatch.setattr(lsdc.localize, "evaluate", real_evaluate)
     calls = Calls(monkeypatch)
     metrics = train_localizer(exp, first_run["data"], out)
-    assert calls["lsdc.localize.fit_keypoints"] == 1          # fold 1 only; fold 0 was kept
+    assert calls["lsdc.localize.fit_view"] == len(VIEWS)       # fold 1 only (every view); fold 0 was kept
     assert (folder / LOCALIZER_PT).is_file()
     # The resumed localiser is the one an uninterrupted run trained (the pipeline's, same folds and data).
     pd.testing.assert_frame_equal(pd.read_csv(folder / OOF_POINTS_CSV),
@@ -131,7 +131,7 @@ def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, 
     calls = Calls(monkeypatch)
     run_pipeline(_pipeline(root, [StepRef("tiny.yaml"), StepRef("tiny48.yaml")]), first_run["data"], out, root)
     assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained
-    assert calls["lsdc.localize.fit_keypoints"] == 0                # nor the localiser
+    assert calls["lsdc.localize.fit_view"] == 0                    # nor the localiser
     assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
     assert calls["lsdc.ensemble.fit_ensemble"] == 2                 # annotated and localised fits redone
     assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0

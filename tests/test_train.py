@@ -207,3 +207,26 @@ def test_scale_augmentation_keeps_the_aspect_ratio(tmp_path):
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         ratios.append((cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1))
     assert max(abs(r - 1) for r in ratios) < 0.08, ratios
+
+
+def test_training_on_crops_at_localised_points(smoke_run, smoke_localizer):
+    """train.crops_from=both: the crops at the localiser's held-out points are cut (its oof_points.csv)
+    and trained on beside the annotated ones; validation and the OOF stay on annotated crops."""
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="both")
+    cfg.train = dataclasses.replace(cfg.train, crops_from="both", localizer=smoke_localizer["name"], epochs=1,
+                                    max_steps_per_epoch=1)
+    cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
+    train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+    at_points = smoke_run["out"] / f"{cfg.crops.dirname}_at_{smoke_localizer['name']}"
+    localized = pd.read_csv(at_points / "index.csv", keep_default_na=False)
+    points = pd.read_csv(smoke_run["out"] / smoke_localizer["name"] / "oof_points.csv").dropna(subset=["series_id"])
+    labels = pd.read_csv(smoke_run["data"] / schema.TRAIN_CSV).set_index("study_id")
+    labelled = [not pd.isna(labels.at[s, schema.label_column(c, lv)])
+                for s, c, lv in zip(points.study_id, points.condition, points.level)]
+    assert len(localized) == sum(labelled) > 0
+    annotated = pd.read_csv(smoke_run["out"] / cfg.crops.dirname / "index.csv", keep_default_na=False)
+    folds = pd.read_csv(smoke_run["out"] / "folds_2.csv").set_index("study_id").fold
+    fold0 = json.loads((smoke_run["out"] / cfg.experiment / "fold0" / "metrics.json").read_text())
+    assert fold0["n_val"] == int((annotated.study_id.map(folds) == 0).sum())
+    trained = (annotated.study_id.map(folds) != 0).sum() + (localized.study_id.map(folds) != 0).sum()
+    assert fold0["n_train"] == int(trained)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ from lsdc.data import images_dir, load_coordinates, load_train_labels
 from lsdc.dicom import Series, load_series
 from lsdc.errors import ConfigError, DataError
 from lsdc.geometry import patient_to_pixel
-from lsdc.io import atomic_path, write_csv, write_json
+from lsdc.io import atomic_path, read_csv_checked, write_csv, write_json
 from lsdc.progress import progress
-from lsdc.stamps import file_state, is_current, tree_state, write_stamp
+from lsdc.stamps import file_state, is_current, is_stale, stamp_path, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -293,23 +294,55 @@ def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
     return out
 
 
-def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_progress: bool = True) -> Path:
+def localized_requests(data_dir: Path, points_csv: Path) -> dict[int, list[CropRequest]]:
+    """Labeled cells at the points a localiser placed held out (its ``oof_points.csv``), grouped by study:
+    the crops a test study gets, for training that expects the localiser's errors."""
+    train = load_train_labels(data_dir).set_index("study_id")
+    points = read_csv_checked(points_csv, ("study_id", "condition", "level", "series_id", "instance_number", "x", "y"),
+                              "train the localiser first (scripts/03_train_localizer.py)")
+    out: dict[int, list[CropRequest]] = {}
+    for r in points.dropna(subset=["series_id"]).itertuples(index=False):
+        if r.study_id not in train.index:
+            continue
+        label = train.at[r.study_id, schema.label_column(r.condition, r.level)]
+        if pd.isna(label):
+            continue
+        out.setdefault(int(r.study_id), []).append(
+            CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y),
+                        str(label)))
+    return out
+
+
+def crops_dirname(cfg: CropConfig, points_csv: Path | None = None) -> str:
+    """The crop folder of a setting: at annotated points, or at the points of a localiser's folder."""
+    return cfg.dirname if points_csv is None else f"{cfg.dirname}_at_{Path(points_csv).parent.name}"
+
+
+def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_progress: bool = True,
+            points_csv: Path | None = None) -> Path:
     """Write the training crops, their index and a contact sheet; returns the crops folder.
 
-    Studies run in parallel; crops already written and valid are kept (a rerun resumes); a study that
-    fails is reported in ``errors.csv`` and the log, and the run goes on. When the labels, coordinates,
-    images and settings are those the finished index was made from, nothing is redone.
+    Crops are cut at the annotated points, or, with ``points_csv`` (a localiser's ``oof_points.csv``), at
+    the points the localiser placed held out. Studies run in parallel; crops already written and valid are
+    kept (a rerun resumes); a study that fails is reported in ``errors.csv`` and the log, and the run goes
+    on. When the labels, points, images and settings are those the finished index was made from, nothing
+    is redone.
     """
     cfg.check()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
-    crops_dir = output_dir / cfg.dirname
+    crops_dir = output_dir / crops_dirname(cfg, points_csv)
     inputs = {"settings": cfg.pixel_settings(), "labels": file_state(data_dir / schema.TRAIN_CSV),
-              "coordinates": file_state(data_dir / schema.COORDS_CSV),
+              "coordinates": file_state(data_dir / schema.COORDS_CSV if points_csv is None else points_csv),
               "images": tree_state(images_dir(data_dir, "train"))}
     if is_current(crops_dir / INDEX_CSV, inputs) and _all_written(crops_dir):
         log.info("crops in %s are up to date", crops_dir)
         return crops_dir
-    requests = training_requests(data_dir)
+    if is_stale(crops_dir / INDEX_CSV, inputs):
+        log.info("%s was cut from other labels, points or images: cutting every crop again", crops_dir)
+        for study in (d for d in crops_dir.iterdir() if d.is_dir()):
+            shutil.rmtree(study)
+        stamp_path(crops_dir / INDEX_CSV).unlink()
+    requests = training_requests(data_dir) if points_csv is None else localized_requests(data_dir, points_csv)
     images = images_dir(data_dir, "train")
     write_json(crops_dir / SETTINGS_JSON, cfg.pixel_settings())
     tasks = [(images / str(sid), reqs, cfg, crops_dir) for sid, reqs in sorted(requests.items())]

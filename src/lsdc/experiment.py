@@ -88,6 +88,10 @@ class TrainConfig:
     paper_level: str = "L4/L5"
     paper_moderate: Literal["drop", "severe"] = "drop"
     split: Literal["folds", "holdout"] = "folds"   # holdout: the paper's single 80:20 split (fold 0 held out)
+    # Where training crops are cut: at the annotated points; at the points the localiser placed held out
+    # (its oof_points.csv: the errors a test study's crops carry); or both. Validation stays annotated.
+    crops_from: Literal["annotated", "localized", "both"] = "annotated"
+    localizer: str = ""                    # the localiser folder of those points ("": the only one)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from lsdc.experiment import (
     to_input,
 )
 from lsdc.io import write_csv
-from lsdc.localize import LOCALIZER_PT, Localizer
+from lsdc.localize import LOCALIZER_PT, Localizer, find_localizer
 from lsdc.metric import validate_submission
 from lsdc.progress import progress
 from lsdc.stamps import file_state, is_current, tree_state, write_stamp
@@ -159,34 +159,14 @@ def prediction_rows(study_id: int, probs: dict[tuple[str, str], np.ndarray]) -> 
 
 
 def localizer_folder(weights_dir: Path, name: str) -> Path:
-    """The localiser's folder under the weights dir: ``name`` when given; else the one a Kaggle pack's
-    manifest names, or the only folder holding a trained localiser. DataError when there is none, or
-    several to choose from (the message lists them)."""
-    if name:
-        folder = weights_dir / name
-        if not (folder / LOCALIZER_PT).is_file():
-            raise DataError(f"{folder / LOCALIZER_PT} not found: run scripts/03_train_localizer.py "
-                            f"(localisers in {weights_dir}: {', '.join(trained_localizers(weights_dir)) or 'none'})")
-        return folder
+    """The localiser's folder under the weights dir: ``name`` when given; else, in a Kaggle pack, the one
+    its manifest names; else the only trained localiser there (see :func:`lsdc.localize.find_localizer`)."""
     manifest = weights_dir / MANIFEST_JSON
-    if manifest.is_file():
+    if not name and manifest.is_file():
         packed = json.loads(manifest.read_text()).get("localizer")
         if packed and (weights_dir / packed / LOCALIZER_PT).is_file():
             return weights_dir / packed
-    found = trained_localizers(weights_dir)
-    if len(found) != 1:
-        raise DataError(f"{'several' if found else 'no'} trained localiser(s) in {weights_dir}"
-                        + (f" ({', '.join(found)}): choose one with --set localizer=NAME" if found
-                           else ": run scripts/03_train_localizer.py"))
-    log.info("localiser: %s", weights_dir / found[0])
-    return weights_dir / found[0]
-
-
-def trained_localizers(weights_dir: Path) -> list[str]:
-    """Folders under ``weights_dir`` holding a trained localiser."""
-    if not weights_dir.is_dir():
-        return []
-    return sorted(d.name for d in weights_dir.iterdir() if (d / LOCALIZER_PT).is_file())
+    return find_localizer(weights_dir, name)
 
 
 def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: str | Path, cfg: PredictConfig,

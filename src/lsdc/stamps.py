@@ -66,6 +66,18 @@ def is_current(output: str | Path, inputs: Any) -> bool:
         return False
 
 
+def is_stale(output: str | Path, inputs: Any) -> bool:
+    """Whether ``output`` was finished from other inputs than ``inputs`` (so partial results beside it
+    must not be resumed from). False when it was never finished: an interrupted run may resume."""
+    stamp = stamp_path(output)
+    if not stamp.is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("digest") != digest(inputs)
+    except (OSError, json.JSONDecodeError):
+        return True
+
+
 def write_stamp(output: str | Path, inputs: Any) -> None:
     """Record that ``output`` was made from ``inputs`` (call it after the output is complete)."""
     write_json(stamp_path(output), {"digest": digest(inputs), "inputs": inputs})

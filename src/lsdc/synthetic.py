@@ -1,13 +1,18 @@
 """A synthetic stand-in for the competition data, in exactly the competition's files and formats.
 
-Each study is one coherent 3D lumbar spine in patient (LPS) coordinates: vertebral bodies and
-discs L1 to S1 on a lordotic curve, the dural sac behind them, neural foramina and subarticular
-recesses on each side. Every label is drawn where it belongs: spinal canal stenosis narrows the
-canal at its level, foraminal narrowing one side's foramen, subarticular stenosis one side's recess.
-The anatomy is painted into a label volume, turned into T1 / T2 / STIR contrast, and sampled by the
-real DICOM geometry of each slice (sagittal stacks along left-right, axial blocks angled through the
-discs), with scanner-like variation, a bias field and Rician noise. The coordinates CSV holds the true
-positions in pixels of the instance they sit on, with the competition's conventions.
+Each study is one coherent 3D lumbar spine: vertebral bodies and discs L1 to S1 on a lordotic curve,
+possibly with a scoliotic lateral curve and axial twist, the dural sac behind them, neural foramina
+and subarticular recesses on each side whose distance from the canal varies from person to person,
+level to level and side to side. The spine is built in the patient's own (body) axes and placed in
+the scanner slightly rotated, so the slices, planned in scanner terms as a technologist would
+(sagittal stacks along left-right, axial blocks angled through each disc or one continuous stack
+over several levels), never line up exactly with the anatomy. Every label is drawn where it belongs:
+spinal canal stenosis narrows the canal at its level, foraminal narrowing one side's foramen,
+subarticular stenosis one side's recess. The anatomy is painted into a label volume in body
+coordinates, turned into T1 / T2 / STIR contrast, and sampled through each slice's real DICOM
+geometry (world -> body is a rotation, so the pixel -> voxel map stays affine), with scanner-like
+variation, a bias field and Rician noise. Training labels carry the real data's kinds of noise
+(grades one step off, coordinates a few mm off, the odd L4/L5 - L5/S1 swap); the test labels are clean.
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ from lsdc import schema
 from lsdc.config import to_dict
 from lsdc.dicom import write_slice
 from lsdc.errors import DataError
-from lsdc.geometry import SliceGeometry, patient_to_pixel
+from lsdc.geometry import SliceGeometry, nearest_slice, patient_to_pixel
 from lsdc.io import write_csv, write_text
 from lsdc.progress import progress
 
 log = logging.getLogger(__name__)
 
 MARKER = ".lsdc_synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SIDES = ("left", "right")
 SIDE_SIGN = {"left": 1.0, "right": -1.0}  # LPS: +x is the patient's left
 
@@ -48,6 +53,10 @@ CLASS_MIX: dict[str, tuple[float, float, float]] = {
 }
 # Degeneration is commoner at the lower levels (relative odds of moderate/severe per level).
 LEVEL_ODDS = (0.45, 0.65, 1.0, 1.55, 1.35)
+# Share of grade flips at the Normal/Mild - Moderate boundary (the rest at Moderate - Severe).
+GRADE_FLIP_NM_SHARE = 0.7
+# Where a continuous axial stack starts (L1/L2, L2/L3, L3/L4); it always runs down to L5/S1.
+STACK_START_P = (0.5, 0.2, 0.3)
 
 # Tissue labels painted into the volume, with (T1, T2, STIR) relative intensities.
 AIR, FAT, MUSCLE, MARROW, BONE, NUCLEUS, ANNULUS, CSF, NERVE, LIGAMENT, ORGAN = range(11)
@@ -73,7 +82,12 @@ SEVERITY_FACTOR = (1.0, 0.62, 0.30)  # how much of a structure's calibre is left
 
 @dataclass
 class SyntheticConfig:
-    """Knobs of the generator; defaults mimic the real data's rates."""
+    """Knobs of the generator; defaults mimic the real data's rates and anatomy.
+
+    Anatomy ranges are drawn uniformly per study, ``*_sd`` deviations per level (and side); angles
+    are the largest drawn. ``V1_STYLE`` holds the settings that give generator version 1's fixed
+    anatomy (no per-level variation, curvature, rotation, continuous stacks or label noise).
+    """
 
     train_studies: int = 200
     test_studies: int = 10
@@ -83,74 +97,188 @@ class SyntheticConfig:
     empty_label_rate: float = 0.003       # chance a label cell is empty (x20 for upper subarticular)
     missing_series_rate: float = 0.02     # chance a study lacks one sagittal series
     extra_t1_rate: float = 0.02           # chance of a second Sagittal T1
-    split_axial_rate: float = 0.16        # chance the axial blocks come as two or three series
+    split_axial_rate: float = 0.16        # chance the axial slices come as two or three series
     no_coords_rate: float = 0.01          # chance a training study has no coordinates at all
     missing_coord_rate: float = 0.005     # chance a labeled cell has no coordinate row
-    coord_noise_mm: float = 0.8           # annotation noise (standard deviation)
     noise: float = 0.035                  # Rician noise, relative to the brightest tissue
     bias: float = 0.25                    # amplitude of the smooth bias field
     sagittal_size: tuple[int, int] = (256, 384)   # range of image side in pixels
     axial_size: tuple[int, int] = (192, 320)
+    # Anatomy: where foramina and recesses sit relative to the canal.
+    canal_ap_mm: tuple[float, float] = (5.5, 8.5)     # dural sac AP radius (mm)
+    canal_lr_mm: tuple[float, float] = (8.5, 12.5)    # dural sac left-right radius (mm)
+    canal_level_sd: float = 0.07          # per-level relative deviation of both canal radii
+    disc_h_mm: tuple[float, float] = (7.0, 13.0)      # disc height per level, before the level profile
+    foramen_mm: tuple[float, float] = (16.0, 24.0)    # person mean lateral distance canal centre -> foramen
+    foramen_trend_mm: float = 0.8         # foramina sit this much further out per level downwards
+    foramen_level_sd_mm: float = 1.6      # per-level deviation of the foramen distance (both sides)
+    foramen_side_sd_mm: float = 1.3       # per-level-and-side deviation of the foramen distance
+    foramen_shift_sd_mm: float = 1.5      # per-level-and-side AP and SI shift of the foramen
+    recess_frac: tuple[float, float] = (0.55, 0.88)   # recess lateral distance / canal LR radius, per study
+    recess_sd: float = 0.07               # per-level-and-side deviation of that fraction
+    recess_shift_sd_mm: float = 1.0       # per-level-and-side AP and SI shift of the recess
+    scoliosis_max_deg: float = 15.0       # largest Cobb-like angle (L1 vs S1 tilt); drawn as max * U(0,1)^2
+    scoliosis_twist: float = 0.35         # apical vertebral axial rotation, as a share of the Cobb angle
+    patient_roll_deg: float = 6.0         # patient rotation about the scanner's z (rolled onto one side)
+    patient_yaw_deg: float = 4.0          # ... about the scanner's y (lying askew on the table)
+    patient_pitch_deg: float = 4.0        # ... about the scanner's x (head end raised or lowered)
+    # Acquisition.
+    axial_stack_rate: float = 0.3         # chance of one continuous axial stack over several levels
+    # Label noise, training studies only (test_solution.csv stays clean).
+    grade_noise_rate: float = 0.04        # share of labeled cells moved one severity step
+    coord_noise_mm: float = 0.8           # annotation noise (standard deviation per axis)
+    coord_outlier_rate: float = 0.04      # share of points off by coord_outlier_mm instead
+    coord_outlier_mm: tuple[float, float] = (3.0, 6.0)
+    level_swap_rate: float = 0.015        # chance a study has one condition's L4/L5 and L5/S1 points swapped
+
+
+# Generator version 1's anatomy and labels: set these to get the old, nearly fixed anatomy.
+V1_STYLE: dict[str, Any] = {
+    "canal_ap_mm": (6.5, 8.0), "canal_lr_mm": (9.5, 11.5), "canal_level_sd": 0.0, "disc_h_mm": (8.0, 11.5),
+    "foramen_mm": (18.0, 22.0), "foramen_trend_mm": 0.0, "foramen_level_sd_mm": 0.0,
+    "foramen_side_sd_mm": 0.0, "foramen_shift_sd_mm": 0.0, "recess_frac": (0.72, 0.72), "recess_sd": 0.0,
+    "recess_shift_sd_mm": 0.0, "scoliosis_max_deg": 0.0, "patient_roll_deg": 0.0, "patient_yaw_deg": 0.0,
+    "patient_pitch_deg": 0.0, "axial_stack_rate": 0.0, "grade_noise_rate": 0.0, "coord_outlier_rate": 0.0,
+    "level_swap_rate": 0.0,
+}
 
 
 # ----------------------------------------------------------------------------- anatomy
 
 
+def _rotation(roll: float, yaw: float, pitch: float) -> np.ndarray:
+    """Body -> world rotation (degrees): pitch about x, then yaw about y, then roll about z."""
+    r, y, p = np.deg2rad([roll, yaw, pitch])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    return rz @ ry @ rx
+
+
 @dataclass
 class Anatomy:
-    """One patient's lumbar spine: a canal centre line and per-level structures, in LPS mm."""
+    """One patient's lumbar spine, built in body coordinates and posed in the scanner.
 
-    x0: float                     # midline (patient x)
-    y0: float                     # canal centre y at the curve's apex
+    Body coordinates are the patient's own LPS axes in mm; ``pose`` turns them about ``pivot`` (the
+    L3/L4 canal point) into the scanner's patient coordinates ("world"), where the DICOM geometry,
+    the annotations and the planning landmarks live. The public point and frame methods answer in
+    world coordinates; the ``body_*`` ones, used for painting, in body coordinates. Per-level arrays
+    run L1/L2 to L5/S1; per-side columns follow ``SIDES``.
+    """
+
+    x0: float                     # canal centre x at the apex of the lateral curve
+    y0: float                     # canal centre y at the apex of the lordosis
     z_apex: float                 # z of the apex of the lordosis
     curvature: float              # lordosis: y = y0 + k (z - z_apex)^2
-    canal_ap: float               # canal radii (mm) when normal
-    canal_lr: float
+    cobb_deg: float               # signed lateral curve: tilt of L1 minus tilt of S1 in the coronal plane
+    z_scoliosis: float            # z of the apex of the lateral curve
+    twist: float                  # apical axial rotation as a share of the Cobb angle
+    canal_ap: np.ndarray          # (5,) canal radii (mm) when normal, per level
+    canal_lr: np.ndarray          # (5,)
     disc_z: np.ndarray            # (5,) z of each disc centre, L1/L2 to L5/S1
     body_z: np.ndarray            # (6,) z of each vertebral body centre, L1 to S1
     body_h: np.ndarray            # (6,) body heights
     disc_h: np.ndarray            # (5,) disc heights
     body_depth: float
     body_width: float
-    foramen_x: float              # |x - x0| of the foramina
+    foramen_lat: np.ndarray       # (5, 2) lateral distance of the foramen from the canal centre
+    foramen_ap: np.ndarray        # (5, 2) posterior shift of the foramen
+    foramen_si: np.ndarray        # (5, 2) superior shift of the foramen
+    recess_lat: np.ndarray        # (5, 2) lateral distance of the recess from the canal centre
+    recess_ap: np.ndarray         # (5, 2) posterior shift of the recess
+    recess_si: np.ndarray         # (5, 2) superior shift of the recess
+    pose_deg: tuple[float, float, float]  # patient rotation: (roll about z, yaw about y, pitch about x)
     severity: dict[tuple[str, str], int]  # (condition, level) -> 0/1/2 (drawn even if the label is empty)
+    pose: np.ndarray = field(init=False)  # (3, 3) body -> world rotation
+    pivot: np.ndarray = field(init=False)
 
-    def centre(self, z: np.ndarray | float) -> np.ndarray:
+    def __post_init__(self) -> None:
+        self.pose = _rotation(*self.pose_deg)
+        self.pivot = self.body_centre(self.disc_z[2])
+
+    # -- body coordinates
+
+    def _lateral(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lateral offset of the canal centre and its slope: the coronal tilt grows linearly with z,
+        so L1 and S1 differ by exactly the Cobb angle."""
+        g = np.deg2rad(self.cobb_deg) / (self.body_z[0] - self.body_z[-1])
+        if g == 0:
+            return np.zeros_like(z), np.zeros_like(z)
+        th = g * (z - self.z_scoliosis)
+        return -np.log(np.cos(th)) / g, np.tan(th)
+
+    def _twist(self, z: np.ndarray) -> np.ndarray:
+        """Axial rotation (rad) of the vertebrae: largest at the curve's apex, towards its convexity."""
+        ends = np.array([self.body_z[0], self.body_z[-1]])
+        u, _ = self._lateral(z)
+        ue, _ = self._lateral(ends)
+        chord = ue[1] + (ue[0] - ue[1]) * (z - ends[1]) / (ends[0] - ends[1])
+        return self.twist * 8.0 * (u - chord) / (ends[0] - ends[1])
+
+    def body_centre(self, z: np.ndarray | float) -> np.ndarray:
         z = np.asarray(z, dtype=float)
+        u, _ = self._lateral(z)
         y = self.y0 + self.curvature * (z - self.z_apex) ** 2
-        return np.stack([np.full_like(z, self.x0), y, z], axis=-1)
+        return np.stack([self.x0 + u, y, z], axis=-1)
 
-    def tangent(self, z: float) -> np.ndarray:
-        """Unit vector along the canal, pointing to the head."""
-        t = np.array([0.0, 2 * self.curvature * (z - self.z_apex), 1.0])
-        return t / np.linalg.norm(t)
+    def body_frame(self, z: np.ndarray | float) -> np.ndarray:
+        """(..., 3, 3): rows lateral (patient left), posterior, superior unit vectors at height z."""
+        z = np.asarray(z, dtype=float)
+        _, su = self._lateral(z)
+        t = np.stack([su, 2 * self.curvature * (z - self.z_apex), np.ones_like(z)], axis=-1)
+        t /= np.linalg.norm(t, axis=-1, keepdims=True)
+        lat = np.array([1.0, 0.0, 0.0]) - t[..., :1] * t
+        lat /= np.linalg.norm(lat, axis=-1, keepdims=True)
+        post = np.cross(t, lat)
+        w = self._twist(z)[..., None]
+        lat, post = np.cos(w) * lat + np.sin(w) * post, -np.sin(w) * lat + np.cos(w) * post
+        return np.stack([lat, post, t], axis=-2)
 
-    def posterior(self, z: float) -> np.ndarray:
-        """Unit vector perpendicular to the canal in the sagittal plane, pointing backwards."""
-        a = np.array([0.0, 1.0, -2 * self.curvature * (z - self.z_apex)])
-        return a / np.linalg.norm(a)
+    def canal_radii(self, z: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Normal canal radii (AP, LR) at height z, interpolated between the discs."""
+        zs = self.disc_z[::-1]
+        return np.interp(z, zs, self.canal_ap[::-1]), np.interp(z, zs, self.canal_lr[::-1])
 
-    def frame(self, z: float) -> np.ndarray:
-        """Rows: lateral (patient left), posterior, superior unit vectors at height z."""
-        return np.stack([np.array([1.0, 0.0, 0.0]), self.posterior(z), self.tangent(z)])
+    def body_canal_point(self, level: int) -> np.ndarray:
+        return self.body_centre(self.disc_z[level])
+
+    def body_disc_centre(self, level: int) -> np.ndarray:
+        z = self.disc_z[level]
+        return self.body_centre(z) - self.body_frame(z)[1] * (self.canal_ap[level] + 2.5 + self.body_depth / 2)
+
+    def body_foramen_point(self, level: int, side: str) -> np.ndarray:
+        z, si = self.disc_z[level], SIDES.index(side)
+        f = self.body_frame(z)
+        return (self.body_centre(z) + SIDE_SIGN[side] * self.foramen_lat[level, si] * f[0]
+                + (self.foramen_ap[level, si] - 1.5) * f[1] + (self.foramen_si[level, si] + 2.5) * f[2])
+
+    def body_recess_point(self, level: int, side: str) -> np.ndarray:
+        z, si = self.disc_z[level], SIDES.index(side)
+        f = self.body_frame(z)
+        return (self.body_centre(z) + SIDE_SIGN[side] * self.recess_lat[level, si] * f[0]
+                + (0.35 * self.canal_ap[level] + self.recess_ap[level, si]) * f[1] + self.recess_si[level, si] * f[2])
+
+    # -- world (scanner) coordinates
+
+    def to_world(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points) - self.pivot) @ self.pose.T + self.pivot
+
+    def frame(self, level: int) -> np.ndarray:
+        """Rows: lateral (patient left), posterior, superior unit vectors at a disc, in world axes."""
+        return self.body_frame(self.disc_z[level]) @ self.pose.T
 
     def canal_point(self, level: int) -> np.ndarray:
         """Canal centre at a disc: where spinal canal stenosis is annotated."""
-        return self.centre(self.disc_z[level])
+        return self.to_world(self.body_canal_point(level))
 
     def disc_centre(self, level: int) -> np.ndarray:
-        z = self.disc_z[level]
-        return self.centre(z) - self.posterior(z) * (self.canal_ap + 2.5 + self.body_depth / 2)
+        return self.to_world(self.body_disc_centre(level))
 
     def foramen_point(self, level: int, side: str) -> np.ndarray:
-        z = self.disc_z[level]
-        return (self.centre(z) + SIDE_SIGN[side] * self.foramen_x * np.array([1.0, 0, 0])
-                - 1.5 * self.posterior(z) + 2.5 * self.tangent(z))
+        return self.to_world(self.body_foramen_point(level, side))
 
     def recess_point(self, level: int, side: str) -> np.ndarray:
-        z = self.disc_z[level]
-        return (self.centre(z) + SIDE_SIGN[side] * 0.72 * self.canal_lr * np.array([1.0, 0, 0])
-                + 0.35 * self.canal_ap * self.posterior(z))
+        return self.to_world(self.body_recess_point(level, side))
 
 
 def draw_labels(rng: np.random.Generator) -> dict[tuple[str, str], int]:
@@ -166,9 +294,17 @@ def draw_labels(rng: np.random.Generator) -> dict[tuple[str, str], int]:
     return out
 
 
-def make_anatomy(rng: np.random.Generator) -> Anatomy:
+def _small_angle(rng: np.random.Generator, max_deg: float) -> float:
+    """A signed angle: mostly small, reaching ``max_deg`` in a few percent of studies."""
+    return float(max_deg * np.clip(rng.normal(0.0, 0.4), -1.0, 1.0))
+
+
+def make_anatomy(rng: np.random.Generator, cfg: SyntheticConfig | None = None) -> Anatomy:
+    """One random spine. The draws are the same whatever the knobs, so a knob set to zero changes
+    only its own variation."""
+    cfg = cfg or SyntheticConfig()
     body_h = rng.uniform(24, 30, 6) * np.array([1.0, 1.02, 1.04, 1.05, 1.04, 1.1])
-    disc_h = rng.uniform(8, 11.5, 5) * np.array([0.85, 0.95, 1.0, 1.05, 0.9])
+    disc_h = rng.uniform(*cfg.disc_h_mm, 5) * np.array([0.85, 0.95, 1.0, 1.05, 0.9])
     # Stack from L1 downward; z of L1's centre is random (table position).
     z = rng.uniform(-250, 50)
     body_z, disc_z = [], []
@@ -179,20 +315,47 @@ def make_anatomy(rng: np.random.Generator) -> Anatomy:
             z -= disc_h[i - 1] / 2 + body_h[i] / 2
         body_z.append(z)
     body_z_arr, disc_z_arr = np.array(body_z), np.array(disc_z)
+
+    def dev(sd: float, shape: int | tuple[int, ...]) -> np.ndarray:
+        return np.clip(rng.normal(0.0, 1.0, shape), -2.5, 2.5) * sd
+
+    canal_ap = rng.uniform(*cfg.canal_ap_mm) * (1 + dev(cfg.canal_level_sd, 5))
+    canal_lr = rng.uniform(*cfg.canal_lr_mm) * (1 + dev(cfg.canal_level_sd, 5))
+    foramen_lat = (rng.uniform(*cfg.foramen_mm) + cfg.foramen_trend_mm * (np.arange(5) - 2)[:, None]
+                   + dev(cfg.foramen_level_sd_mm, (5, 1)) + dev(cfg.foramen_side_sd_mm, (5, 2)))
+    foramen_lat = np.clip(foramen_lat, canal_lr[:, None] + 5.0, 30.0)  # outside the canal, inside the arch
+    foramen_ap = dev(cfg.foramen_shift_sd_mm, (5, 2))
+    foramen_si = dev(cfg.foramen_shift_sd_mm, (5, 2))
+    frac = np.clip(rng.uniform(*cfg.recess_frac) + dev(cfg.recess_sd, (5, 2)), 0.5, 0.92)
+    recess_ap = dev(cfg.recess_shift_sd_mm, (5, 2))
+    recess_si = dev(cfg.recess_shift_sd_mm, (5, 2))
+    cobb = cfg.scoliosis_max_deg * rng.uniform() ** 2 * rng.choice([-1.0, 1.0])
+    z_scoliosis = rng.uniform(disc_z_arr[3], disc_z_arr[1])
+    pose = (_small_angle(rng, cfg.patient_roll_deg), _small_angle(rng, cfg.patient_yaw_deg),
+            _small_angle(rng, cfg.patient_pitch_deg))
     return Anatomy(
         x0=float(rng.uniform(-12, 12)),
         y0=float(rng.uniform(-20, 40)),
         z_apex=float(disc_z_arr[2] + rng.uniform(-10, 10)),
         curvature=float(rng.uniform(0.0012, 0.0028)),
-        canal_ap=float(rng.uniform(6.5, 8.0)),
-        canal_lr=float(rng.uniform(9.5, 11.5)),
+        cobb_deg=float(cobb),
+        z_scoliosis=float(z_scoliosis),
+        twist=cfg.scoliosis_twist,
+        canal_ap=canal_ap,
+        canal_lr=canal_lr,
         disc_z=disc_z_arr,
         body_z=body_z_arr,
         body_h=body_h,
         disc_h=disc_h,
         body_depth=float(rng.uniform(31, 37)),
         body_width=float(rng.uniform(46, 54)),
-        foramen_x=float(rng.uniform(18, 22)),
+        foramen_lat=foramen_lat,
+        foramen_ap=foramen_ap,
+        foramen_si=foramen_si,
+        recess_lat=np.maximum(frac * canal_lr[:, None], 5.0),
+        recess_ap=recess_ap,
+        recess_si=recess_si,
+        pose_deg=pose,
         severity=draw_labels(rng),
     )
 
@@ -202,18 +365,27 @@ def make_anatomy(rng: np.random.Generator) -> Anatomy:
 
 @dataclass
 class Volume:
-    """A label volume on a regular grid: voxel (i, j, k) sits at origin + vox * (i, j, k) (LPS)."""
+    """A label volume on a regular grid in body coordinates: voxel (i, j, k) sits at origin + vox * (i, j, k);
+    world points map to body ones through the anatomy's pose (world = pose (body - pivot) + pivot)."""
 
     origin: np.ndarray
     vox: float
     labels: np.ndarray  # uint8 (nx, ny, nz)
+    pose: np.ndarray = field(default_factory=lambda: np.eye(3))
+    pivot: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     def to_index(self, points: np.ndarray) -> np.ndarray:
-        return (np.asarray(points) - self.origin) / self.vox
+        """Voxel index (float) of world points (..., 3)."""
+        body = (np.asarray(points) - self.pivot) @ self.pose + self.pivot
+        return (body - self.origin) / self.vox
+
+    def direction_to_index(self, v: np.ndarray) -> np.ndarray:
+        """Voxel steps of a world direction (..., 3) of one mm."""
+        return (np.asarray(v) @ self.pose) / self.vox
 
 
 def _box(vol: Volume, centre: np.ndarray, radius: float) -> tuple[slice, slice, slice, np.ndarray]:
-    """Index box around a sphere and the patient coordinates of its voxels (..., 3)."""
+    """Index box around a sphere and the body coordinates of its voxels (..., 3)."""
     lo = np.floor((centre - radius - vol.origin) / vol.vox).astype(int)
     hi = np.ceil((centre + radius - vol.origin) / vol.vox).astype(int) + 1
     lo = np.clip(lo, 0, vol.labels.shape)
@@ -226,7 +398,7 @@ def _box(vol: Volume, centre: np.ndarray, radius: float) -> tuple[slice, slice, 
 
 def paint_ellipsoid(vol: Volume, centre: np.ndarray, frame: np.ndarray, radii: tuple[float, float, float],
                     label: int, power: float = 2.0) -> None:
-    """Set ``label`` inside a (super-)ellipsoid with semi-axes ``radii`` along the rows of ``frame``."""
+    """Set ``label`` inside a (super-)ellipsoid with semi-axes ``radii`` along the rows of ``frame`` (body)."""
     r = np.asarray(radii, dtype=float)
     sx, sy, sz, pts = _box(vol, centre, float(r.max()))
     if pts.size == 0:
@@ -236,110 +408,145 @@ def paint_ellipsoid(vol: Volume, centre: np.ndarray, frame: np.ndarray, radii: t
     vol.labels[sx, sy, sz][inside] = label
 
 
+def _index_range(axis0: float, vox: float, n: int, lo: float, hi: float) -> tuple[int, int]:
+    """Voxel index range [a, b) covering body coordinates [lo, hi] along one axis."""
+    a = int(np.clip(np.floor((lo - axis0) / vox), 0, n))
+    b = int(np.clip(np.ceil((hi - axis0) / vox) + 1, 0, n))
+    return a, b
+
+
 def paint_canal(vol: Volume, a: Anatomy) -> None:
-    """Epidural fat, dural sac (CSF) narrowed at stenotic discs, stenotic tissue and nerve roots."""
+    """Epidural fat, dural sac (CSF) narrowed at stenotic discs, stenotic tissue and nerve roots.
+
+    Each voxel is placed in the cross-section of the canal at its own height (lateral and posterior
+    coordinates in the local frame), inside a box around the canal only.
+    """
     nx, ny, nz = vol.labels.shape
-    zs = vol.origin[2] + vol.vox * np.arange(nz)
-    xs = vol.origin[0] + vol.vox * np.arange(nx)
-    ys = vol.origin[1] + vol.vox * np.arange(ny)
+    k0, k1 = _index_range(vol.origin[2], vol.vox, nz, a.body_z[-1] + 5, a.body_z[0] + 60)  # the sac ends in S1
+    zs = vol.origin[2] + vol.vox * np.arange(k0, k1)
+    c = a.body_centre(zs)
+    f = a.body_frame(zs).astype(np.float32)
+    r_ap0, r_lr0 = a.canal_radii(zs)
+    pad = float(max(r_ap0.max(), r_lr0.max())) + 8.0
+    i0, i1 = _index_range(vol.origin[0], vol.vox, nx, c[:, 0].min() - pad, c[:, 0].max() + pad)
+    j0, j1 = _index_range(vol.origin[1], vol.vox, ny, c[:, 1].min() - pad, c[:, 1].max() + pad)
+    xs = (vol.origin[0] + vol.vox * np.arange(i0, i1)).astype(np.float32)
+    ys = (vol.origin[1] + vol.vox * np.arange(j0, j1)).astype(np.float32)
+    dx = xs[:, None, None] - c[None, None, :, 0].astype(np.float32)
+    dy = ys[None, :, None] - c[None, None, :, 1].astype(np.float32)
+    dl = dx * f[:, 0, 0] + dy * f[:, 0, 1]   # local lateral and posterior coordinates
+    dp = dx * f[:, 1, 0] + dy * f[:, 1, 1]
     cond = schema.condition_for("spinal")
     narrowing = np.zeros_like(zs)
     for li, level in enumerate(schema.LEVELS):
         lost = 1.0 - SEVERITY_FACTOR[a.severity[(cond, level)]]
         narrowing = np.maximum(narrowing, lost * np.exp(-(((zs - a.disc_z[li]) / (0.55 * a.disc_h[li] + 2.5)) ** 2)))
-    z_lo, z_hi = a.body_z[-1] + 5, a.body_z[0] + 60  # the sac ends in the sacrum
-    centre_y = a.centre(zs)[:, 1]
-    cos_t = 1.0 / np.sqrt(1 + (2 * a.curvature * (zs - a.z_apex)) ** 2)
-    dx = (xs - a.x0)[:, None, None]
-    dy = (ys[None, :, None] - centre_y[None, None, :]) * cos_t[None, None, :]
-    r_ap = a.canal_ap * (1 - narrowing)[None, None, :]
-    r_lr = a.canal_lr * (1 - 0.45 * narrowing)[None, None, :]
-    zmask = ((zs >= z_lo) & (zs <= z_hi))[None, None, :]
-    normal = ((dx / a.canal_lr) ** 2 + (dy / a.canal_ap) ** 2 <= 1) & zmask
-    fat = ((dx / (a.canal_lr + 2.5)) ** 2 + (dy / (a.canal_ap + 2.0)) ** 2 <= 1) & zmask
-    sac = ((dx / r_lr) ** 2 + (dy / r_ap) ** 2 <= 1) & zmask
-    lab = vol.labels
+    narrowing = narrowing.astype(np.float32)
+    r_ap0, r_lr0 = r_ap0.astype(np.float32), r_lr0.astype(np.float32)
+    r_ap, r_lr = r_ap0 * (1 - narrowing), r_lr0 * (1 - 0.45 * narrowing)
+    normal = (dl / r_lr0) ** 2 + (dp / r_ap0) ** 2 <= 1
+    fat = (dl / (r_lr0 + 2.5)) ** 2 + (dp / (r_ap0 + 2.0)) ** 2 <= 1
+    sac = (dl / r_lr) ** 2 + (dp / r_ap) ** 2 <= 1
+    lab = vol.labels[i0:i1, j0:j1, k0:k1]
     lab[fat] = FAT
     lab[normal] = LIGAMENT          # what the narrowing takes, bulging disc and thick ligament
     lab[sac] = CSF
     # A few cauda equina roots: thin dark strands inside the sac, in its posterior half.
-    for off_x, off_y in ((-3.0, 2.5), (3.0, 2.5), (-1.2, 4.0), (1.2, 4.0)):
-        root = ((dx - off_x) ** 2 + (dy - off_y * (1 - narrowing)[None, None, :]) ** 2 <= 0.8 ** 2) & sac
+    for off_l, off_p in ((-3.0, 2.5), (3.0, 2.5), (-1.2, 4.0), (1.2, 4.0)):
+        root = ((dl - off_l) ** 2 + (dp - off_p * (1 - narrowing)) ** 2 <= 0.8 ** 2) & sac
         lab[root] = NERVE
 
 
-def paint_study(a: Anatomy, vox: float) -> Volume:
-    """Paint the whole lumbar region of one patient into a label volume."""
-    top, bottom = a.body_z[0] + 45, a.body_z[-1] - 45
-    y_mid = a.centre(a.disc_z[2])[1]
-    origin = np.array([a.x0 - 52, y_mid - 135, bottom])
-    shape = np.ceil(np.array([104, 225, top - bottom]) / vox).astype(int) + 1
-    vol = Volume(origin=origin, vox=vox, labels=np.full(tuple(shape), ORGAN, dtype=np.uint8))
-    nx, ny, nz = shape
-    xs = origin[0] + vox * np.arange(nx)
-    ys = origin[1] + vox * np.arange(ny)
-    # Torso: abdominal soft tissue in front, back muscles behind the canal, a fat layer under the skin.
+def _torso_plane(a: Anatomy, xs: np.ndarray, ys: np.ndarray, y_mid: float) -> np.ndarray:
+    """One axial plane of the torso: abdominal soft tissue in front, back muscles and psoas, a fat
+    layer under the skin, air behind; x relative to the canal."""
     dx = (xs - a.x0)[:, None]
     dyb = (ys - y_mid)[None, :]
-    skin_y = y_mid + 70
+    skin = 70.0
     back = (dyb > -10) & (np.abs(dx) < 48)
-    muscle = back & (dyb < skin_y - y_mid - 14)
-    fat = (dyb >= skin_y - y_mid - 14) & (dyb < skin_y - y_mid)
-    air = dyb >= skin_y - y_mid
+    muscle = back & (dyb < skin - 14)
+    fat = (dyb >= skin - 14) & (dyb < skin)
+    air = dyb >= skin
     psoas = ((np.abs(dx) - 30) ** 2 / 12 ** 2 + (dyb + 35) ** 2 / 14 ** 2) <= 1
-    muscle, fat, air, psoas = (np.broadcast_to(m, (nx, ny)) for m in (muscle, fat, air, psoas))
-    plane = np.full((nx, ny), ORGAN, dtype=np.uint8)
-    plane[muscle | psoas] = MUSCLE
-    plane[fat] = FAT
-    plane[air] = AIR
-    vol.labels[:] = plane[:, :, None]
+    shape = (len(xs), len(ys))
+    plane = np.full(shape, ORGAN, dtype=np.uint8)
+    plane[np.broadcast_to(muscle | psoas, shape)] = MUSCLE
+    plane[np.broadcast_to(fat, shape)] = FAT
+    plane[np.broadcast_to(air, shape)] = AIR
+    return plane
+
+
+def paint_study(a: Anatomy, vox: float) -> Volume:
+    """Paint the whole lumbar region of one patient into a label volume (body coordinates)."""
+    top, bottom = a.body_z[0] + 45, a.body_z[-1] - 45
+    y_mid = float(a.body_centre(a.disc_z[2])[1])
+    zs_probe = np.linspace(bottom, top, 64)
+    cx = a.body_centre(zs_probe)[:, 0]
+    origin = np.array([cx.min() - 52, y_mid - 135, bottom])
+    shape = np.ceil(np.array([cx.max() - cx.min() + 104, 225, top - bottom]) / vox).astype(int) + 1
+    vol = Volume(origin=origin, vox=vox, labels=np.empty(tuple(shape), dtype=np.uint8), pose=a.pose, pivot=a.pivot)
+    nx, ny, nz = shape
+    # The torso follows the lateral curve: each axial plane is the same plane shifted by whole voxels.
+    zs = origin[2] + vox * np.arange(nz)
+    shift = np.round((a.body_centre(zs)[:, 0] - a.x0) / vox).astype(int)
+    margin = int(np.abs(shift).max()) + 1
+    xs_wide = origin[0] + vox * np.arange(-margin, nx + margin)
+    plane = _torso_plane(a, xs_wide, origin[1] + vox * np.arange(ny), y_mid)
+    for k in range(nz):
+        vol.labels[:, :, k] = plane[margin - shift[k]: margin - shift[k] + nx]
 
     for bi in range(6):  # vertebral bodies: cortical shell, marrow inside
         z = a.body_z[bi]
-        c = a.centre(z) - a.posterior(z) * (a.canal_ap + 2.5 + a.body_depth / 2)
-        f = a.frame(z)
+        f = a.body_frame(z)
+        cen = a.body_centre(z)
+        ap, lr = (float(v) for v in a.canal_radii(z))
+        c = cen - f[1] * (ap + 2.5 + a.body_depth / 2)
         half = (a.body_width / 2, a.body_depth / 2, a.body_h[bi] / 2)
         paint_ellipsoid(vol, c, f, half, BONE, power=3.0)
         paint_ellipsoid(vol, c, f, tuple(h - 1.6 for h in half), MARROW, power=3.0)
-        # Posterior arch: pedicles (seen on parasagittal slices above and below each foramen),
-        # lamina and spinous process behind the canal.
-        for side in SIDES:
-            pc = a.centre(z) + SIDE_SIGN[side] * a.foramen_x * f[0] - 0.5 * f[1] + 1.5 * f[2]
+        # Posterior arch: pedicles (seen on parasagittal slices above and below each foramen, so they
+        # sit where the neighbouring foramina do), lamina and spinous process behind the canal.
+        near = [li for li in (bi - 1, bi) if 0 <= li < 5]
+        for si, side in enumerate(SIDES):
+            lat = float(np.mean(a.foramen_lat[near, si]))
+            post = float(np.mean(a.foramen_ap[near, si]))
+            pc = cen + SIDE_SIGN[side] * lat * f[0] + (post - 0.5) * f[1] + 1.5 * f[2]
             paint_ellipsoid(vol, pc, f, (6.0, 8.0, 0.32 * a.body_h[bi]), BONE)
             paint_ellipsoid(vol, pc, f, (4.5, 6.5, 0.32 * a.body_h[bi] - 1.5), MARROW)
-        paint_ellipsoid(vol, a.centre(z) + (a.canal_ap + 6) * f[1] + 3 * f[2], f,
-                        (a.canal_lr + 4, 4.0, 0.35 * a.body_h[bi]), BONE)
-        paint_ellipsoid(vol, a.centre(z) + (a.canal_ap + 26) * f[1] + 2 * f[2], f, (3.5, 18.0, 7.0), BONE)
+        paint_ellipsoid(vol, cen + (ap + 6) * f[1] + 3 * f[2], f, (lr + 4, 4.0, 0.35 * a.body_h[bi]), BONE)
+        paint_ellipsoid(vol, cen + (ap + 26) * f[1] + 2 * f[2], f, (3.5, 18.0, 7.0), BONE)
     for li, level in enumerate(schema.LEVELS):  # discs, foramina, facets and recesses
         z = a.disc_z[li]
-        f = a.frame(z)
-        c = a.disc_centre(li)
+        f = a.body_frame(z)
+        cen = a.body_centre(z)
+        c = a.body_disc_centre(li)
         half = (a.body_width / 2 - 1, a.body_depth / 2 + 0.8, a.disc_h[li] / 2)
         paint_ellipsoid(vol, c, f, half, ANNULUS, power=2.5)
         paint_ellipsoid(vol, c + 2 * f[1], f, (half[0] * 0.55, half[1] * 0.55, half[2] * 0.6), NUCLEUS)
-        for side in SIDES:
+        for si, side in enumerate(SIDES):
             s = SIDE_SIGN[side]
             # Facet joint behind the foramen and lateral to the recess: grows as the recess narrows.
             sev_sub = a.severity[(schema.condition_for("subarticular", side), level)]
-            facet_c = a.centre(z) + s * (a.canal_lr + 4.5) * f[0] + (a.canal_ap + 3.0) * f[1]
+            lat = a.recess_lat[li, si] + 0.55 * (a.foramen_lat[li, si] - a.recess_lat[li, si])
+            facet_c = (cen + s * lat * f[0] + (a.canal_ap[li] + 3.0 + 0.5 * a.foramen_ap[li, si]) * f[1]
+                       + 0.5 * a.foramen_si[li, si] * f[2])
             grow = 1.0 + 0.45 * sev_sub
             paint_ellipsoid(vol, facet_c, f, (6.0 * grow, 6.0 * grow, 9.0), BONE)
             # Foramen: a keyhole of fat with the exiting root, narrowed by the severity.
             sev_for = a.severity[(schema.condition_for("foraminal", side), level)]
             k = SEVERITY_FACTOR[sev_for]
-            fc = a.foramen_point(li, side)
+            fc = a.body_foramen_point(li, side)
             paint_ellipsoid(vol, fc, f, (6.0, 6.5, 8.5), LIGAMENT)
             paint_ellipsoid(vol, fc - (1 - k) * 2.5 * f[1], f, (5.5, 6.0 * k, 8.0 * k), FAT)
             paint_ellipsoid(vol, fc + 8.0 * k * 0.45 * f[2], f, (5.0, 1.8, 1.8 * min(1.0, 1.3 * k)), NERVE)
     paint_canal(vol, a)
     for li, level in enumerate(schema.LEVELS):  # lateral recesses: CSF pockets narrowed by the facet
-        z = a.disc_z[li]
-        f = a.frame(z)
+        f = a.body_frame(a.disc_z[li])
         for side in SIDES:
             s = SIDE_SIGN[side]
             sev = a.severity[(schema.condition_for("subarticular", side), level)]
             k = SEVERITY_FACTOR[sev]
-            rc = a.recess_point(li, side)
+            rc = a.body_recess_point(li, side)
             paint_ellipsoid(vol, rc, f, (4.0, 3.6, 6.0), LIGAMENT)
             paint_ellipsoid(vol, rc - s * (1 - k) * 2.0 * f[0], f, (3.6 * k, 3.2 * k, 5.5), CSF)
             if sev:  # the hypertrophic facet and ligament push into that side of the sac
@@ -398,6 +605,8 @@ def _plane_axes(normal: np.ndarray, up_hint: np.ndarray) -> tuple[np.ndarray, np
 
 def plan_sagittal(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig, series_id: int,
                   description: str, contrast: str) -> SeriesPlan:
+    """A sagittal stack planned in scanner terms: planes along the scanner's left-right axis (a few
+    degrees of yaw), centred on the canal and wide enough to hold both sides' foramina."""
     n = int(rng.integers(15, 21))
     spacing = float(rng.uniform(3.3, 5.0))
     size_lo, size_hi = cfg.sagittal_size
@@ -409,9 +618,16 @@ def plan_sagittal(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig, se
     normal = np.array([-np.cos(yaw), -np.sin(yaw), 0.0])   # towards the patient's right, like [0,1,0,0,0,-1]
     row = np.array([-np.sin(yaw), np.cos(yaw), 0.0])        # posterior
     col = np.array([0.0, 0.0, -1.0])                        # down
-    assert np.allclose(np.cross(row, col), normal)
-    centre = a.centre(a.disc_z[2]) + np.array([rng.uniform(-3, 3), rng.uniform(-25, 5), rng.uniform(-12, 12)])
-    offsets = (np.arange(n) - (n - 1) / 2 + rng.uniform(-0.4, 0.4)) * spacing
+    canal = np.array([a.canal_point(li) for li in range(5)])
+    centre = canal.mean(0) + np.array([rng.uniform(-3, 3), rng.uniform(-25, 5), rng.uniform(-12, 12)])
+    shift = float(rng.uniform(-0.4, 0.4))
+    # The technologist covers both sides' foramina with a few mm to spare.
+    foramina = np.array([a.foramen_point(li, s) for li in range(5) for s in SIDES])
+    need = float(np.abs((foramina - centre) @ normal).max()) + 4.0 + abs(shift) * spacing
+    if (n - 1) / 2 * spacing < need:
+        spacing = min(5.5, 2 * need / (n - 1))
+        n = max(n, min(24, int(np.ceil(2 * need / spacing)) + 1))
+    offsets = (np.arange(n) - (n - 1) / 2 + shift) * spacing
     descending = rng.random() < 0.5   # instance order right-to-left or left-to-right
     geoms = []
     for off in (offsets[::-1] if descending else offsets):
@@ -422,37 +638,63 @@ def plan_sagittal(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig, se
                       _instance_numbers(rng, n))
 
 
+def _axial_block(centre: np.ndarray, normal: np.ndarray, offsets: np.ndarray, ps: float,
+                 size: int) -> list[SliceGeometry]:
+    """Parallel square axial slices at ``offsets`` (mm, superior first) along ``normal`` from ``centre``."""
+    row, col = _plane_axes(normal, np.array([0.0, 1.0, 0.0]))  # col ~ posterior, row ~ patient left
+    if np.dot(row, [1.0, 0.0, 0.0]) < 0:
+        row = -row
+    geoms = []
+    for off in offsets:
+        c = centre + off * normal
+        ipp = c - row * ps * (size - 1) / 2 - col * ps * (size - 1) / 2
+        geoms.append(SliceGeometry(tuple(ipp), (*row, *col), (ps, ps), size, size))
+    return geoms
+
+
 def plan_axial(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig,
                series_ids: list[int]) -> list[SeriesPlan]:
-    """Axial T2 blocks angled through the discs, grouped into one to three series."""
-    n_blocks = int(rng.choice([1, 2, 3, 5], p=[0.2, 0.3, 0.3, 0.2]))
-    groups = np.array_split(np.arange(5), n_blocks)
-    spacing = float(rng.uniform(3.5, 5.0))
+    """Axial T2 slices, grouped into one to three series.
+
+    Either a block angled through each disc (3 to 7 slices each), or (``axial_stack_rate``) one
+    continuous stack of parallel slices from L1/L2, L2/L3 or L3/L4 down through L5/S1, angled
+    between the spine's mean direction and the scanner's axial plane, with per-disc blocks for the
+    discs above it. Planned on the anatomy as it lies in the scanner (world coordinates).
+    """
+    canal = np.array([a.canal_point(li) for li in range(5)])
+    tangents = np.array([a.frame(li)[2] for li in range(5)])
+    stack = rng.random() < cfg.axial_stack_rate
+    start = int(rng.choice(3, p=STACK_START_P)) if stack else 5
+    spacing = float(rng.uniform(3.0, 6.0)) if stack else float(rng.uniform(3.5, 5.0))
     size_lo, size_hi = cfg.axial_size
     ps = float(rng.uniform(0.5, 0.85))
     base_rows = int(rng.integers(size_lo, size_hi + 1)) // 2 * 2
+
+    def size() -> int:
+        return base_rows if rng.random() > 0.05 else base_rows + 32   # shapes can vary inside a series
+
     blocks = []
-    for g in groups:
-        zs = a.disc_z[g]
-        normal = np.mean([a.tangent(z) for z in zs], axis=0)
-        normal /= np.linalg.norm(normal)
-        first, last = a.centre(zs.max()), a.centre(zs.min())
-        mid = (first + last) / 2 + np.array([rng.uniform(-3, 3), rng.uniform(-12, 12), 0.0])
-        half = abs(np.dot(first - last, normal)) / 2 + rng.uniform(5, 9)
+    for li in range(start):  # one block per disc, angled through it
+        normal = tangents[li] / np.linalg.norm(tangents[li])
+        mid = canal[li] + np.array([rng.uniform(-3, 3), rng.uniform(-12, 12), 0.0])
+        half = rng.uniform(5, 9)
         n = max(3, int(round(2 * half / spacing)) + 1)
-        offsets = np.linspace(-half, half, n)
-        row, col = _plane_axes(normal, np.array([0.0, 1.0, 0.0]))  # col ~ posterior, row ~ patient left
-        if np.dot(row, [1.0, 0.0, 0.0]) < 0:
-            row = -row
-        rows = base_rows if rng.random() > 0.05 else base_rows + 32   # shapes can vary inside a series
-        cols = rows
-        geoms = []
-        for off in offsets[::-1]:  # superior first
-            c = mid + off * normal
-            ipp = c - row * ps * (cols - 1) / 2 - col * ps * (rows - 1) / 2
-            geoms.append(SliceGeometry(tuple(ipp), (*row, *col), (ps, ps), rows, cols))
-        blocks.append(geoms)
-    if rng.random() < cfg.split_axial_rate and len(blocks) > 1:
+        offsets = np.linspace(-half, half, n)[::-1] + rng.uniform(-1, 1)
+        blocks.append(_axial_block(mid, normal, offsets, ps, size()))
+    if stack:
+        w = rng.uniform()
+        mean_dir = tangents[start:].mean(0)
+        normal = (1 - w) * mean_dir / np.linalg.norm(mean_dir) + w * np.array([0.0, 0.0, 1.0])
+        normal /= np.linalg.norm(normal)
+        mid = canal[start:].mean(0) + np.array([rng.uniform(-3, 3), rng.uniform(-6, 6), 0.0])
+        pos = (canal[start:] - mid) @ normal
+        hi, lo = pos.max() + rng.uniform(6, 14), pos.min() - rng.uniform(8, 16)
+        n = int(np.floor((hi - lo) / spacing)) + 1
+        blocks.append(_axial_block(mid, normal, hi - spacing * np.arange(n), ps, size()))
+    # Splits are rarer when a stack leaves nothing to split; compensate so the overall rate holds.
+    p_single = cfg.axial_stack_rate * STACK_START_P[0]
+    p_split = min(1.0, cfg.split_axial_rate / max(1e-9, 1 - p_single))
+    if rng.random() < p_split and len(blocks) > 1:
         n_series = min(len(blocks), int(rng.integers(2, 4)))
         split = np.array_split(np.arange(len(blocks)), n_series)
     else:
@@ -475,23 +717,23 @@ def render_series(plan: SeriesPlan, intensity: np.ndarray, vol: Volume, rng: np.
     bias_dir = rng.normal(size=3)
     bias_dir /= np.linalg.norm(bias_dir)
     bias_centre = vol.origin + vol.vox * np.array(vol.labels.shape) / 2
+    sigma = np.float32(cfg.noise)
     for g in plan.slices:
-        # Pixel -> voxel index is affine: index = i0 + x * dx + y * dy (float32 to save time).
+        # Pixel -> voxel index is affine (world -> body is a rotation): index = i0 + x * dx + y * dy.
         i0 = vol.to_index(np.asarray(g.ipp)).astype(np.float32)
-        dx = (g.row_dir * g.spacing[1] / vol.vox).astype(np.float32)
-        dy = (g.col_dir * g.spacing[0] / vol.vox).astype(np.float32)
+        dx = vol.direction_to_index(g.row_dir * g.spacing[1]).astype(np.float32)
+        dy = vol.direction_to_index(g.col_dir * g.spacing[0]).astype(np.float32)
         xs = np.arange(g.cols, dtype=np.float32)
         ys = np.arange(g.rows, dtype=np.float32)
         idx = np.empty((3, g.rows, g.cols), dtype=np.float32)
         for k in range(3):
             idx[k] = i0[k] + ys[:, None] * dy[k] + xs[None, :] * dx[k]
         img = ndimage.map_coordinates(intensity, idx, order=1, mode="nearest", prefilter=False)
-        # Smooth multiplicative bias field, a function of patient position (coil sensitivity).
+        # Smooth multiplicative bias field, a function of position (coil sensitivity).
         b0 = float(np.dot(np.asarray(g.ipp) - bias_centre, bias_dir)) / 150.0
         bx = float(np.dot(g.row_dir, bias_dir)) * g.spacing[1] / 150.0
         by = float(np.dot(g.col_dir, bias_dir)) * g.spacing[0] / 150.0
         img *= 1.0 + cfg.bias * np.tanh(b0 + ys[:, None] * by + xs[None, :] * bx)
-        sigma = np.float32(cfg.noise)
         n1 = rng.standard_normal(img.shape, dtype=np.float32)
         n2 = rng.standard_normal(img.shape, dtype=np.float32)
         img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
@@ -513,7 +755,80 @@ def _uid(*parts: Any) -> str:
     return str(generate_uid(prefix="1.2.826.0.1.3680043.10.1415.", entropy_srcs=[str(p) for p in parts]))
 
 
+# ----------------------------------------------------------------------------- labels and their noise
+
+
+def _flip_probabilities(group: str, rate: float) -> np.ndarray:
+    """(3, 2): chance that a cell of each severity is written one step down / one step up.
+
+    The flows between neighbouring grades balance (as many Normal/Mild cells become Moderate as the
+    other way round), so the class mix of train.csv stays the real one while ``rate`` of all cells move.
+    """
+    p = CLASS_MIX[group]
+    a = rate * GRADE_FLIP_NM_SHARE / 2        # share of all cells: Normal/Mild -> Moderate, and back
+    b = rate * (1 - GRADE_FLIP_NM_SHARE) / 2  # Moderate -> Severe, and back
+    return np.array([[0.0, a / p[0]], [a / p[1], b / p[1]], [b / p[2], 0.0]])
+
+
+def noisy_grades(severity: dict[tuple[str, str], int], rng: np.random.Generator,
+                 rate: float) -> dict[tuple[str, str], int]:
+    """Training grades as a reader writes them: ``rate`` of the cells one step off the truth."""
+    out = {}
+    for (cond, level), sev in severity.items():
+        down, up = _flip_probabilities(schema.CONDITION_INFO[cond].group, rate)[sev]
+        u = rng.random()
+        out[(cond, level)] = sev - 1 if u < down else sev + 1 if u < down + up else sev
+    return out
+
+
+def annotation_error(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
+    """In-plane error (mm) of one annotated point: Gaussian, or a 3-6 mm slip for a few points."""
+    gauss = rng.normal(0.0, cfg.coord_noise_mm, 2)
+    slip, angle, dist = rng.random(), rng.uniform(0, 2 * np.pi), rng.uniform(*cfg.coord_outlier_mm)
+    if slip < cfg.coord_outlier_rate:
+        return dist * np.array([np.cos(angle), np.sin(angle)])
+    return gauss
+
+
+def swapped_condition(rng: np.random.Generator, cfg: SyntheticConfig) -> str | None:
+    """The condition whose L4/L5 and L5/S1 points a reader swapped in this study, if any."""
+    u, which = rng.random(), int(rng.integers(len(schema.CONDITIONS)))
+    return schema.CONDITIONS[which] if u < cfg.level_swap_rate else None
+
+
 # ----------------------------------------------------------------------------- one study
+
+
+@dataclass
+class Study:
+    """One study before rendering: its anatomy, its series, and the random streams still to use."""
+
+    anatomy: Anatomy
+    plans: list[SeriesPlan]
+    image_rng: np.random.Generator
+    label_rng: np.random.Generator
+
+
+def simulate_study(seed: int, cfg: SyntheticConfig) -> Study:
+    """The anatomy and the acquisition of one study (cheap: nothing is painted or rendered).
+
+    Anatomy, acquisition, images and labels draw from separate streams, so the label noise can be
+    switched off without moving a pixel, and tests can rebuild the truth behind a written study.
+    """
+    streams = np.random.SeedSequence(seed).spawn(4)
+    rng_anatomy, rng, rng_image, rng_label = (np.random.default_rng(s) for s in streams)
+    a = make_anatomy(rng_anatomy, cfg)
+    ids = iter(_unique_ints(rng, 10**8, 4 * 10**9, 8))
+    sag_contrast = "STIR" if rng.random() < 0.3 else "T2"
+    plans = [plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T1, "T1"),
+             plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T2, sag_contrast)]
+    if rng.random() < cfg.extra_t1_rate:
+        plans.append(plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T1, "T1"))
+    plans += plan_axial(rng, a, cfg, [next(ids) for _ in range(3)])
+    if rng.random() < cfg.missing_series_rate:
+        drop = schema.SAG_T1 if rng.random() < 0.5 else schema.SAG_T2
+        plans = [p for p in plans if p.description != drop]
+    return Study(a, plans, rng_image, rng_label)
 
 
 @dataclass
@@ -526,41 +841,12 @@ class StudyResult:
     coords: list[dict[str, Any]]
 
 
-def _pixel_on(plan: SeriesPlan, point: np.ndarray, rng: np.random.Generator,
-              noise_mm: float, pick: str = "nearest") -> tuple[int, float, float] | None:
-    """Instance number and noisy pixel of the slice of ``plan`` nearest to ``point``."""
-    best = None
-    for i, g in enumerate(plan.slices):
-        x, y, d = patient_to_pixel(g, point)
-        if best is None or abs(d) < best[0]:
-            best = (abs(float(d)), i, float(x), float(y))
-    assert best is not None
-    _, i, x, y = best
-    g = plan.slices[i]
-    x += rng.normal(0, noise_mm) / g.spacing[1]
-    y += rng.normal(0, noise_mm) / g.spacing[0]
-    if not (0 <= x < g.cols and 0 <= y < g.rows):
-        return None
-    return plan.instance_numbers[i], x, y
-
-
 def generate_study(args: tuple[int, int, bool, SyntheticConfig, str]) -> StudyResult:
     """Generate, render and write one study (a process-pool task)."""
     study_id, seed, is_test, cfg, images_dir = args
-    rng = np.random.default_rng(seed)
-    a = make_anatomy(rng)
+    study = simulate_study(seed, cfg)
+    a, plans, rng = study.anatomy, study.plans, study.image_rng
     vol = paint_study(a, cfg.voxel_mm)
-
-    ids = iter(_unique_ints(rng, 10**8, 4 * 10**9, 8))
-    sag_contrast = "STIR" if rng.random() < 0.3 else "T2"
-    plans = [plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T1, "T1"),
-             plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T2, sag_contrast)]
-    if rng.random() < cfg.extra_t1_rate:
-        plans.append(plan_sagittal(rng, a, cfg, next(ids), schema.SAG_T1, "T1"))
-    plans += plan_axial(rng, a, cfg, [next(ids) for _ in range(3)])
-    if rng.random() < cfg.missing_series_rate:
-        drop = schema.SAG_T1 if rng.random() < 0.5 else schema.SAG_T2
-        plans = [p for p in plans if p.description != drop]
 
     # Sorted: a set of strings iterates in an order that changes from process to process (hash seed).
     volumes = {c: contrast_volume(vol, c, rng) for c in sorted({p.contrast for p in plans})}
@@ -580,32 +866,58 @@ def generate_study(args: tuple[int, int, bool, SyntheticConfig, str]) -> StudyRe
                         spacing_between_slices=plan.spacing_between if with_spacing_tags else None,
                         rescale_slope=1.0 if rescale else None, rescale_intercept=0.0 if rescale else None)
 
-    labels: dict[str, str] = {}
-    for (cond, level), sev in a.severity.items():
+    labels, coords = annotate_study(study, cfg, is_test)
+    return StudyResult(study_id, labels, [(p.series_id, p.description) for p in plans], coords)
+
+
+def annotate_study(study: Study, cfg: SyntheticConfig, is_test: bool) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """train.csv cells and coordinate rows of one study: clean for test studies, noisy for training ones."""
+    rng, a = study.label_rng, study.anatomy
+    empty = {}
+    for cond, level in a.severity:
         info = schema.CONDITION_INFO[cond]
         upper_sub = info.group == "subarticular" and level in schema.LEVELS[:2]
-        rate = cfg.empty_label_rate * (20 if upper_sub else 1)
-        labels[schema.label_column(cond, level)] = "" if rng.random() < rate else schema.SEVERITIES[sev]
-
+        empty[(cond, level)] = rng.random() < cfg.empty_label_rate * (20 if upper_sub else 1)
+    grades = a.severity if is_test else noisy_grades(a.severity, rng, cfg.grade_noise_rate)
+    labels = {schema.label_column(cond, level): "" if empty[(cond, level)] else schema.SEVERITIES[sev]
+              for (cond, level), sev in grades.items()}
     coords: list[dict[str, Any]] = []
     if not is_test and rng.random() >= cfg.no_coords_rate:
-        coords = _annotate(a, plans, labels, rng, cfg)
-    return StudyResult(study_id, labels, [(p.series_id, p.description) for p in plans], coords)
+        coords = _annotate(a, study.plans, labels, rng, cfg)
+    return labels, coords
+
+
+def _nearest(plans: list[SeriesPlan], point: np.ndarray) -> tuple[SeriesPlan, int, float, float, float]:
+    """The slice nearest to ``point`` over several series (one whose image holds it first)."""
+    best = None
+    for plan in plans:
+        i, x, y, dist = nearest_slice(plan.slices, point)
+        g = plan.slices[i]
+        key = (not (0 <= x < g.cols and 0 <= y < g.rows), dist)
+        if best is None or key < best[0]:
+            best = (key, plan, i, x, y, dist)
+    assert best is not None
+    return best[1], best[2], best[3], best[4], best[5]
 
 
 def _annotate(a: Anatomy, plans: list[SeriesPlan], labels: dict[str, str], rng: np.random.Generator,
               cfg: SyntheticConfig) -> list[dict[str, Any]]:
-    """Coordinate rows with the real conventions (canal on one mid-sagittal T2 slice, ...)."""
+    """Coordinate rows with the real conventions (canal on one mid-sagittal T2 slice, ...) and a reader's
+    noise: in-plane slips, and now and then one condition's L4/L5 and L5/S1 points swapped."""
     by_desc: dict[str, list[SeriesPlan]] = {}
     for p in plans:
         by_desc.setdefault(p.description, []).append(p)
     rows = []
 
-    def add(plan: SeriesPlan, cond: str, level: str, hit: tuple[int, float, float] | None) -> None:
-        if hit is None or not labels[schema.label_column(cond, level)] or rng.random() < cfg.missing_coord_rate:
+    def add(plan: SeriesPlan, i: int, x: float, y: float, cond: str, level: str) -> None:
+        g = plan.slices[i]
+        err = annotation_error(rng, cfg)
+        x += err[0] / g.spacing[1]
+        y += err[1] / g.spacing[0]
+        if (not labels[schema.label_column(cond, level)] or not (0 <= x < g.cols and 0 <= y < g.rows)
+                or rng.random() < cfg.missing_coord_rate):
             return
-        inst, x, y = hit
-        rows.append({"study_id": 0, "series_id": plan.series_id, "instance_number": inst,
+        rows.append({"study_id": 0, "series_id": plan.series_id, "instance_number": plan.instance_numbers[i],
                      "condition": cond, "level": level, "x": round(x, 6), "y": round(y, 6)})
 
     for cond in schema.CONDITIONS:
@@ -615,22 +927,31 @@ def _annotate(a: Anatomy, plans: list[SeriesPlan], labels: dict[str, str], rng: 
             continue
         if info.group == "spinal":
             plan = candidates[0]
-            # All five canal points on the one slice nearest the midline.
-            mid = _pixel_on(plan, a.canal_point(2), rng, 0.0)
+            # All five canal points on the slice nearest the canal as a whole; a level whose canal has
+            # drifted out of that slice (a scoliotic or rotated spine) goes on its own nearest slice.
+            canal = [a.canal_point(li) for li in range(5)]
+            mid = nearest_slice(plan.slices, np.mean(canal, axis=0))[0]
             for li, level in enumerate(schema.LEVELS):
-                hit = _pixel_on(plan, a.canal_point(li), rng, cfg.coord_noise_mm)
-                if hit is not None and mid is not None:
-                    hit = (mid[0], hit[1], hit[2])
-                add(plan, cond, level, hit)
+                x, y, d = patient_to_pixel(plan.slices[mid], canal[li])
+                i = mid
+                if abs(float(d)) > 0.6 * a.canal_lr[li]:
+                    i, x, y, _ = nearest_slice(plan.slices, canal[li])
+                add(plan, i, float(x), float(y), cond, level)
         elif info.group == "foraminal":
-            plan = candidates[0]
             for li, level in enumerate(schema.LEVELS):
-                add(plan, cond, level, _pixel_on(plan, a.foramen_point(li, info.side), rng, cfg.coord_noise_mm))
+                i, x, y, _ = nearest_slice(candidates[0].slices, a.foramen_point(li, info.side))
+                add(candidates[0], i, x, y, cond, level)
         else:
             for li, level in enumerate(schema.LEVELS):
-                point = a.recess_point(li, info.side)
-                best = min(candidates, key=lambda p: min(abs(patient_to_pixel(g, point)[2]) for g in p.slices))
-                add(best, cond, level, _pixel_on(best, point, rng, cfg.coord_noise_mm))
+                plan, i, x, y, _ = _nearest(candidates, a.recess_point(li, info.side))
+                add(plan, i, x, y, cond, level)
+    swap = swapped_condition(rng, cfg)
+    pair = [r for r in rows if r["condition"] == swap and r["level"] in schema.LEVELS[3:]]
+    if len(pair) == 2:
+        keys = ("series_id", "instance_number", "x", "y")
+        first = {k: pair[0][k] for k in keys}
+        pair[0].update({k: pair[1][k] for k in keys})
+        pair[1].update(first)
     return rows
 
 
@@ -652,6 +973,19 @@ def _check_target(out: Path) -> None:
 
 OWNED = (schema.TRAIN_CSV, schema.COORDS_CSV, schema.TRAIN_SERIES_CSV, schema.TEST_SERIES_CSV,
          schema.SAMPLE_SUBMISSION_CSV, schema.TEST_SOLUTION_CSV, schema.TRAIN_IMAGES, schema.TEST_IMAGES)
+
+
+def study_tasks(cfg: SyntheticConfig) -> list[tuple[int, int, bool]]:
+    """(study_id, seed, is_test) of every study of a dataset, training studies first, each part sorted."""
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.train_studies + cfg.test_studies
+    study_ids = np.array(_unique_ints(rng, 4_000_000, 4_290_000_000, n))
+    order = rng.permutation(n)
+    train_ids = sorted(int(s) for s in study_ids[order[: cfg.train_studies]])
+    test_ids = sorted(int(s) for s in study_ids[order[cfg.train_studies:]])
+    seeds = np.random.SeedSequence(cfg.seed).spawn(n)
+    return [(sid, int(seeds[i].generate_state(1)[0]), i >= len(train_ids))
+            for i, sid in enumerate(train_ids + test_ids)]
 
 
 def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -679,18 +1013,10 @@ def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     write_text(marker, json.dumps({"params": params, "complete": False}, indent=2))
 
-    rng = np.random.default_rng(cfg.seed)
-    n = cfg.train_studies + cfg.test_studies
-    study_ids = np.array(_unique_ints(rng, 4_000_000, 4_290_000_000, n))
-    order = rng.permutation(n)
-    train_ids = sorted(int(s) for s in study_ids[order[: cfg.train_studies]])
-    test_ids = sorted(int(s) for s in study_ids[order[cfg.train_studies:]])
-    seeds = np.random.SeedSequence(cfg.seed).spawn(n)
     tasks = []
-    for i, sid in enumerate(train_ids + test_ids):
-        is_test = i >= len(train_ids)
+    for sid, seed, is_test in study_tasks(cfg):
         images = out / (schema.TEST_IMAGES if is_test else schema.TRAIN_IMAGES)
-        tasks.append((sid, int(seeds[i].generate_state(1)[0]), is_test, cfg, str(images)))
+        tasks.append((sid, seed, is_test, cfg, str(images)))
 
     results: list[StudyResult] = []
     if cfg.workers > 1 and len(tasks) > 1:
@@ -700,8 +1026,8 @@ def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) 
     else:
         results = list(progress(map(generate_study, tasks), "synthetic studies", len(tasks), enabled=show_progress))
 
-    train = [r for r in results if r.study_id in set(train_ids)]
-    test = [r for r in results if r.study_id in set(test_ids)]
+    train = [r for r, t in zip(results, tasks) if not t[2]]
+    test = [r for r, t in zip(results, tasks) if t[2]]
     _write_tables(out, train, test)
     info = {"params": params, "complete": True, "train_studies": len(train), "test_studies": len(test)}
     write_text(marker, json.dumps(info, indent=2))

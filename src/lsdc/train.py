@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.crops import INDEX_CSV, load_crop
+from lsdc.crops import INDEX_CSV, load_crop, prepare
 from lsdc.data import load_train_labels
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import (
@@ -50,20 +51,26 @@ from lsdc.experiment import (
     select_logits,
     to_input,
 )
-from lsdc.folds import load_folds
+from lsdc.folds import folds_csv, load_folds
 from lsdc.io import write_csv, write_json
+from lsdc.localize import OOF_POINTS_CSV, find_localizer
 from lsdc.metric import score, solution_from_labels
 from lsdc.models import count_parameters, create_model
 from lsdc.paper import PAPER_CLASSES, paper_summary, paper_targets
+from lsdc.stamps import file_state, is_stale, stamp_path, write_stamp
 
 log = logging.getLogger(__name__)
+
+ANNOTATED, LOCALIZED, BOTH = "annotated", "localized", "both"   # train.crops_from: where training crops are cut
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame) -> pd.DataFrame:
-    """Crops of the task with their integer target, condition index and fold."""
+def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame, source: str = ANNOTATED
+                   ) -> pd.DataFrame:
+    """Crops of the task with their integer target, condition index, fold and source (where the crop was
+    cut: at the annotated point, or at the point the localiser placed held out)."""
     path = crops_dir / INDEX_CSV
     if not path.is_file():
         raise DataError(f"{path} not found: run scripts/01_prepare_crops.py with the same crops settings")
@@ -75,6 +82,8 @@ def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame) 
         index = paper_targets(index, cfg.train.paper_level, cfg.train.paper_moderate)
     index["cond"] = index.condition.map(COND_INDEX)
     index["path"] = [str(crops_dir / p) for p in index.path]
+    index["source"] = source
+    index["trains"] = True
     if index.empty:
         raise DataError(f"no labeled crops for task {cfg.train.task!r} in {path}")
     return index.reset_index(drop=True)
@@ -199,7 +208,10 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
     device = resolve_device(tcfg.device)
     k = cfg.n_classes
     torch.manual_seed(tcfg.seed + fold)
-    train_t, val_t = table[table.fold != fold], table[table.fold == fold]
+    # Validation, early stopping and the OOF are always on crops at annotated points (lsdc.localized_oof
+    # gives the OOF at localised points): every experiment's oof.csv means the same.
+    train_t = table[(table.fold != fold) & table.trains]
+    val_t = table[(table.fold == fold) & (table.source == ANNOTATED)]
     if train_t.empty or val_t.empty:
         raise DataError(f"fold {fold}: {len(train_t)} training and {len(val_t)} held-out crops; need both")
     mean, std = channel_stats(train_t, cfg.crops.n_slices, seed=tcfg.seed)
@@ -282,6 +294,24 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
 # ----------------------------------------------------------------------------- the experiment
 
 
+def experiment_table(cfg: ExperimentConfig, data_dir: Path, output_dir: Path, folds: pd.DataFrame
+                     ) -> tuple[pd.DataFrame, list[Path]]:
+    """The crops an experiment trains on (``train.crops_from``): at annotated points, at the points the
+    localiser placed held out (cut here from its ``oof_points.csv`` if needed), or both; the annotated ones
+    are always there, for validation. Also the crop folders they come from."""
+    dirs = [output_dir / cfg.crops.dirname]
+    table = training_table(cfg, dirs[0], folds)
+    if cfg.train.crops_from == ANNOTATED:
+        return table, dirs
+    points = find_localizer(output_dir, cfg.train.localizer) / OOF_POINTS_CSV
+    dirs.append(prepare(data_dir, output_dir, cfg.crops, points_csv=points))
+    localized = training_table(cfg, dirs[1], folds, LOCALIZED)
+    log.info("training on crops at %s points: %d at annotated, %d at localised points", cfg.train.crops_from,
+             len(table), len(localized))
+    table["trains"] = cfg.train.crops_from == BOTH
+    return pd.concat([table, localized], ignore_index=True), dirs
+
+
 def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) -> tuple[pd.DataFrame, int]:
     """Submission-format OOF: all 25 rows of every study in ``studies``.
 
@@ -306,7 +336,10 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     config_mod.save(cfg, exp_dir / CONFIG_YAML)
     folds = load_folds(output_dir, cfg.folds.n_folds)
     n_folds = int(folds.fold.nunique())
-    table = training_table(cfg, output_dir / cfg.crops.dirname, folds)
+    table, crop_dirs = experiment_table(cfg, data_dir, output_dir, folds)
+    # What a finished fold was trained from: a fold trained from other crops or folds is trained again.
+    inputs = {"config": _comparable(cfg), "folds": file_state(output_dir / folds_csv(cfg.folds.n_folds)),
+              "crops": [file_state(stamp_path(d / INDEX_CSV)) for d in crop_dirs]}
     selected = cfg.folds.train_folds
     if cfg.train.split == "holdout":
         selected = [0]
@@ -320,11 +353,15 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     for fold in selected:
         out = fold_dir(exp_dir, fold)
         done = out / METRICS_JSON
+        if is_stale(done, inputs):
+            log.info("fold %d was trained from other crops or folds: training it again", fold)
+            shutil.rmtree(out)
         if done.is_file() and (out / VAL_PREDS_CSV).is_file():
             log.info("fold %d already trained; kept", fold)
             fold_metrics.append(json.loads(done.read_text()))
             continue
         fold_metrics.append(train_fold(cfg, table, fold, out))
+        write_stamp(done, inputs)
     preds = pd.concat([pd.read_csv(fold_dir(exp_dir, f) / VAL_PREDS_CSV) for f in selected], ignore_index=True)
     summary: dict[str, Any] = {"experiment": cfg.experiment, "task": cfg.train.task, "folds": selected,
                                "train_seconds": sum(m["train_seconds"] for m in fold_metrics),
@@ -352,19 +389,22 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     return summary
 
 
+def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The settings that make an experiment what it is (not workers, device, epochs, patience, which folds)."""
+    d = config_mod.to_dict(cfg)
+    for key in ("workers", "device", "epochs", "patience"):
+        d["train"].pop(key, None)
+    d["folds"].pop("train_folds", None)
+    d["crops"].pop("workers", None)
+    return d
+
+
 def _check_same_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     """Resuming into a folder trained with other settings would mix two experiments: refuse."""
     path = exp_dir / CONFIG_YAML
     if not path.is_file():
         return
-    old = config_mod.load(ExperimentConfig, path)
-    keep = ("workers", "device", "epochs", "patience")
-    a, b = config_mod.to_dict(old), config_mod.to_dict(cfg)
-    for d in (a, b):
-        for key in keep:
-            d["train"].pop(key, None)
-        d["folds"].pop("train_folds", None)
-        d["crops"].pop("workers", None)
+    a, b = _comparable(config_mod.load(ExperimentConfig, path)), _comparable(cfg)
     if a != b:
         diff = [f"{s}.{k}" for s in a if isinstance(a[s], dict) for k in a[s] if a[s][k] != b.get(s, {}).get(k)]
         raise ConfigError(f"{exp_dir} holds an experiment with other settings ({', '.join(diff[:4]) or 'name'}); "

@@ -3,7 +3,7 @@ factory, size counts."""
 
 from lsdc.models.attention import AttentionConfig, LssAttentionNet
 from lsdc.models.factory import ATTENTION, ModelConfig, create_model, list_models, register_model
-from lsdc.models.localizer import KeypointNet, SliceScorer
+from lsdc.models.localizer import KeypointNet
 from lsdc.models.profile import count_macs, count_parameters, model_summary
 from lsdc.models.weights import load_pretrained
 
@@ -13,7 +13,6 @@ __all__ = [
     "KeypointNet",
     "LssAttentionNet",
     "ModelConfig",
-    "SliceScorer",
     "count_macs",
     "count_parameters",
     "create_model",

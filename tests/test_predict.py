@@ -225,3 +225,25 @@ def test_a_region_of_interest_stack_is_centred_on_its_point(synthetic_dir):
     whole = Stack(series, 64, 2)
     assert stack.images.shape == whole.images.shape == (len(series), 64, 64)
     assert not np.array_equal(stack.images[j], whole.images[j])
+
+
+def test_a_study_without_sagittal_t2_gets_spinal_predictions_from_t1(smoke_run, smoke_localizer, tmp_path):
+    """The canal is found on Sagittal T1 when a study has no T2/STIR: its spinal rows come from the models
+    (cut on T1), not from the prior; its other rows are unaffected by the missing series."""
+    data = tmp_path / "data"
+    shutil.copytree(smoke_run["data"], data, ignore=shutil.ignore_patterns(schema.TRAIN_IMAGES))
+    series = pd.read_csv(data / schema.TEST_SERIES_CSV)
+    study = sorted(series.study_id.unique())[0]
+    t2 = series[(series.study_id == study) & (series.series_description == schema.SAG_T2)].series_id
+    assert len(t2) == 1
+    shutil.rmtree(data / schema.TEST_IMAGES / str(study) / str(t2.iloc[0]))
+    build_ensemble(smoke_run["out"], load_train_labels(smoke_run["data"]),
+                   EnsembleConfig(experiments=[smoke_run["cfg"].experiment]))
+    sub = predict_submission(data, smoke_run["out"], tmp_path / "s.csv",
+                             PredictConfig(localizer=smoke_localizer["name"]), show_progress=False)
+    prior = prior_probabilities(load_train_labels(smoke_run["data"]))["spinal"]
+    spinal = sub[sub.row_id.str.startswith(f"{study}_spinal")]
+    assert len(spinal) == 5
+    assert not np.allclose(spinal[list(schema.SEVERITY_COLUMNS)].to_numpy(), np.tile(prior, (5, 1)), atol=1e-4)
+    report = pd.read_csv(tmp_path / "predict_report.csv").set_index("study_id")
+    assert report.loc[study, "cells_localised"] == 25 and "Sagittal T2/STIR" in report.loc[study, "missing_series"]

@@ -129,5 +129,6 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     times["total"] = round(time.perf_counter() - t0, 1)
     return {"oof_table": oof_table, "annotated_table": output_dir / table_names(OOF_CSV)[1],
             "submission": submission, "times": times,
-            "localizer_median_error_mm": loc_metrics["median_error_mm"],
-            "ensemble_oof_score": spec.ensemble_score.get("score"), "table": table}
+            "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
+            "ensemble_oof_score": spec.ensemble_score.get("score"),
+            "ensemble_nested_score": spec.nested_score.get("score"), "table": table}

@@ -56,6 +56,7 @@ class Setup:
     size: int
     amp: bool
     channels_last: bool
+    compile: bool = False
 
 
 @dataclass
@@ -81,6 +82,8 @@ def build(name: str, s: Setup, seed: int = 0) -> Bench:
         x = x.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if s.compile:
+        model = torch.compile(model)   # compiled on the first (warm-up) step
     cond = torch.randint(0, N_CONDITIONS, (s.batch,), device=s.device)
     y = torch.randint(0, K, (s.batch,), device=s.device)
     weights = torch.tensor([1.0, 2.0, 4.0], device=s.device)
@@ -168,6 +171,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16 autocast (CUDA only)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (CUDA only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each model (compiled during the warm-up steps; recorded in its own section)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure peak memory (one child process per model)")
     p.add_argument("--threads", type=int, default=None,
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     s = Setup(device=device, batch=args.batch or (32 if cuda else 8), size=args.size,
-              amp=args.amp and cuda, channels_last=args.channels_last and cuda)
+              amp=args.amp and cuda, channels_last=args.channels_last and cuda, compile=args.compile)
     steps = args.steps or (10 if cuda else 2)
     rounds = args.rounds or 5
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     dev_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} torch thread{plural})"
     precision = "bf16 autocast, channels_last" if s.amp and s.channels_last else \
         "bf16 autocast" if s.amp else "fp32"
+    if s.compile:
+        precision += ", torch.compile"
     print(f"device {dev_name}; batch {s.batch} x 3 x {s.size} x {s.size}; {precision}; "
           f"{rounds} rounds x {steps} steps, {warmup} warm-up")
 
@@ -247,18 +254,20 @@ def main(argv: list[str] | None = None) -> int:
               f"target <= {TARGET}: {ok}; paper {PAPER})")
 
     if args.write:
-        if not all(n in names for n in MODELS):
-            print("error: --write needs all of " + ", ".join(MODELS), file=sys.stderr)
+        needed = ("attention", REFERENCE) if s.compile else MODELS
+        if not all(n in names for n in needed):
+            print("error: --write needs " + ", ".join(needed), file=sys.stderr)
             return 2
-        section = f"train_step_{device.type}"
+        section = f"train_step_{device.type}" + ("_compile" if s.compile else "")
         ok = "yes" if ratio is not None and ratio <= TARGET else "NO"
         machine = f"{common.nproc()} x {common.cpu_model()}" + ("" if not cuda else f", {dev_name}")
         row = (f"| {common.now()} | {machine} | {load_before[0]:.2f} | {device.type} | {s.batch} | {s.size} "
-               f"| {precision} | " + " | ".join(f"{s.batch / med[n]:.1f}" for n in MODELS)
+               f"| {precision} | " + " | ".join(f"{s.batch / med[n]:.1f}" if n in med else "-" for n in MODELS)
                + f" | {ratio:.2f} | {ok} |")
         rows = common.history_rows(section, HISTORY) + [row]
         body: list[str] = [
-            f"### Training step on {'CUDA' if cuda else 'CPU'} (`bench_train_step.py`)",
+            f"### Training step on {'CUDA' if cuda else 'CPU'}{' with torch.compile' if s.compile else ''} "
+            "(`bench_train_step.py`)",
             "",
             "Latest run:",
             "",

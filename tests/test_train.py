@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,65 +18,12 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 import lsdc.train as train_mod
 from lsdc import schema
-from lsdc.crops import save_crop
 from lsdc.errors import ConfigError
-from lsdc.experiment import COND_INDEX, TrainConfig, load_checkpoint, prior_probabilities, select_logits
+from lsdc.experiment import load_checkpoint, prior_probabilities, select_logits
 from lsdc.paper import paper_summary
-from lsdc.train import CropDataset, lr_flip_condition, train_experiment, weighted_ce
+from lsdc.train import train_experiment, weighted_ce
 
 ROOT = Path(__file__).parents[1]
-
-
-def test_lr_flip_swaps_only_subarticular_sides():
-    left, right = (COND_INDEX[schema.condition_for("subarticular", s)] for s in ("left", "right"))
-    assert lr_flip_condition(left) == right and lr_flip_condition(right) == left
-    for group, side in (("spinal", None), ("foraminal", "left"), ("foraminal", "right")):
-        c = COND_INDEX[schema.condition_for(group, side)]
-        assert lr_flip_condition(c) == c
-
-
-def _asymmetric_table(tmp_path: Path) -> pd.DataFrame:
-    img = np.zeros((32, 32, 3), np.uint8)
-    img[:, :8] = 255                       # bright on the image's left only
-    rows = []
-    for cond in schema.CONDITIONS:
-        p = tmp_path / f"{schema.CONDITION_INFO[cond].slug}.png"
-        save_crop(p, img)
-        rows.append({"path": str(p), "cond": COND_INDEX[cond], "target": 2})
-    return pd.DataFrame(rows)
-
-
-def test_left_right_labels_follow_the_image(tmp_path):
-    table = _asymmetric_table(tmp_path)
-    flip_all = TrainConfig(augment=True, scale=(1.0, 1.0), translate_px=0, rotate_deg=0.0, vflip=0.0, lr_flip=1.0)
-    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), flip_all, size=32)
-    for i, cond in enumerate(schema.CONDITIONS):
-        x, c, y = ds[i]
-        flipped = x[0, :, -1].mean() > x[0, :, 0].mean()
-        if schema.CONDITION_INFO[cond].group == "subarticular":
-            assert flipped and c == lr_flip_condition(COND_INDEX[cond]) != COND_INDEX[cond]
-        else:  # sagittal crops: never flipped left-right, label kept
-            assert not flipped and c == COND_INDEX[cond]
-        assert y == 2
-    no_flip = dataclasses.replace(flip_all, lr_flip=0.0, vflip=1.0)
-    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), no_flip, size=32)
-    for i, cond in enumerate(schema.CONDITIONS):  # vertical flips never touch left/right
-        x, c, _ = ds[i]
-        assert c == COND_INDEX[cond] and x[0, :, 0].mean() > x[0, :, -1].mean()
-
-
-def test_augmentation_is_seeded(tmp_path):
-    """Same seed, same augmented crops (albumentations' own generator included); another seed differs."""
-    table = _asymmetric_table(tmp_path)
-    tcfg = TrainConfig(augment=True)
-
-    def items(seed: int) -> list[np.ndarray]:
-        ds = CropDataset(table, 3, np.zeros(3), np.ones(3), tcfg, size=32, seed=seed)
-        return [ds[i][0].numpy() for i in range(len(ds))]
-
-    a, b, c = items(3), items(3), items(4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
 
 
 def test_select_logits_and_weighted_ce():
@@ -130,7 +78,7 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
     cfg = dataclasses.replace(smoke_run["cfg"], tag="resume")
     cfg.train = dataclasses.replace(cfg.train, epochs=3, patience=10, max_steps_per_epoch=2)
     cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
-    real_predict, calls = train_mod.predict_loader, {"n": 0}
+    real_predict, calls = train_mod.predict_batches, {"n": 0}
 
     def crash_on_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -138,12 +86,12 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "predict_loader", crash_on_second_epoch)
+    monkeypatch.setattr(train_mod, "predict_batches", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     fold_dir = smoke_run["out"] / cfg.experiment / "fold0"
     assert (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "predict_loader", real_predict)
+    monkeypatch.setattr(train_mod, "predict_batches", real_predict)
     train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     epochs = pd.read_csv(fold_dir / "epochs.csv")
     assert epochs.epoch.tolist() == [1, 2, 3]          # resumed after epoch 1, not restarted
@@ -192,23 +140,6 @@ def test_prior_is_the_best_constant_under_the_metric():
     assert loss(prior["spinal"]) < loss(np.array([5, 2, 2]) / 9) - 0.05
 
 
-def test_scale_augmentation_keeps_the_aspect_ratio(tmp_path):
-    """The paper scales uniformly; albumentations 2 draws x and y scales apart unless keep_ratio is set,
-    which turned a disc into ellipses up to 1.5x longer than wide."""
-    yy, xx = np.mgrid[:64, :64]
-    img = (((yy - 32) ** 2 + (xx - 32) ** 2 < 14**2) * 255).astype(np.uint8)
-    save_crop(tmp_path / "disc.png", np.repeat(img[..., None], 3, axis=2))
-    table = pd.DataFrame({"path": [str(tmp_path / "disc.png")] * 40, "cond": [0] * 40, "target": [0] * 40})
-    tcfg = TrainConfig(augment=True, scale=(0.8, 1.2), translate_px=0, rotate_deg=0.0, vflip=0.0)
-    ds = CropDataset(table, 3, np.zeros(3), np.ones(3), tcfg, size=64, seed=0)
-    ratios = []
-    for i in range(len(ds)):
-        mask = ds[i][0][0].numpy() > 0.5
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        ratios.append((cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1))
-    assert max(abs(r - 1) for r in ratios) < 0.08, ratios
-
-
 def test_training_on_crops_at_localised_points(smoke_run, smoke_localizer):
     """train.crops_from=both: the crops at the localiser's held-out points are cut (its oof_points.csv)
     and trained on beside the annotated ones; validation and the OOF stay on annotated crops."""
@@ -230,3 +161,81 @@ def test_training_on_crops_at_localised_points(smoke_run, smoke_localizer):
     assert fold0["n_val"] == int((annotated.study_id.map(folds) == 0).sum())
     trained = (annotated.study_id.map(folds) != 0).sum() + (localized.study_id.map(folds) != 0).sum()
     assert fold0["n_train"] == int(trained)
+
+
+def test_prefetch_keeps_order_reraises_and_stops_its_thread():
+    assert list(train_mod.prefetch(iter(range(20)))) == list(range(20))
+
+    def failing():
+        yield 1
+        raise ValueError("bad crop")
+
+    with pytest.raises(ValueError, match="bad crop"):
+        list(train_mod.prefetch(failing()))
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    for i in train_mod.prefetch(endless(), depth=2):
+        if i == 3:
+            break
+    assert threading.active_count() == before      # the producer was stopped and joined
+    assert len(produced) <= 3 + 1 + 2 + 1           # at most depth (+ the one in hand) ahead
+
+
+def test_crop_score_is_the_official_metric_on_the_crops_rows():
+    rows = [(s, c, lv) for s in (1, 2) for c in schema.CONDITIONS for lv in schema.LEVELS]
+    table = pd.DataFrame(rows, columns=["study_id", "condition", "level"])
+    table["target"] = np.arange(len(table)) % 3
+    perfect = np.eye(3)[table.target]
+    uniform = np.full((len(table), 3), 1 / 3)
+    assert train_mod.crop_score(table, perfect) < 1e-6
+    # Uniform predictions: every group's weighted loss is ln 3, and any-severe too (both studies have a
+    # severe spinal row, predicted severe at 1/3), so the score is ln 3.
+    assert train_mod.crop_score(table, uniform) == pytest.approx(math.log(3), abs=1e-9)
+    spinal_only = table[table.condition == schema.CONDITIONS[0]]
+    assert math.isnan(train_mod.crop_score(spinal_only, np.eye(3)[spinal_only.target]))
+
+
+def test_epochs_log_the_official_score_and_tensorboard_when_asked(smoke_run, monkeypatch):
+    scalars = []
+
+    class Board:
+        def add_scalar(self, key, value, step):
+            scalars.append((key, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", 0, 0))
+
+    monkeypatch.setattr(train_mod, "summary_writer", lambda folder: Board())
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="board")
+    cfg.train = dataclasses.replace(cfg.train, epochs=2, max_steps_per_epoch=2)
+    cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
+    cfg.log = dataclasses.replace(cfg.log, tensorboard=True)
+    train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+    epochs = pd.read_csv(smoke_run["out"] / cfg.experiment / "fold0" / "epochs.csv")
+    assert epochs.val_score.between(0.05, 5).all()
+    assert [(k, s) for k, _, s in scalars if k == "val_score"] == [("val_score", 1), ("val_score", 2)]
+    assert {k for k, _, _ in scalars} == {"train_loss", "val_loss", "val_acc", "val_score", "closed"}
+    assert np.allclose([v for k, v, _ in scalars if k == "val_score"], epochs.val_score)
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch, tmp_path):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        train_mod.summary_writer(tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,15 +59,20 @@ def load_config(cls: type, args: argparse.Namespace) -> Any:
 
 
 def setup_logging(log_file: Path | None, level: str = "INFO") -> logging.Logger:
-    """Log to stderr and, if given, to ``log_file`` (appending, so a resumed run keeps its history)."""
+    """Log to stderr and, if given, to ``log_file`` (appending, so a resumed run keeps its history).
+
+    Under torchrun only rank 0 logs as asked; the other ranks print warnings and errors, tagged with
+    their rank, and write no log file (one run, one log)."""
+    rank = int(os.environ.get("RANK", "0"))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level if rank == 0 else "WARNING")
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if rank == 0
+                                           else f"[rank {rank}] %(levelname)s: %(message)s"))
     root.addHandler(console)
-    if log_file is not None:
+    if log_file is not None and rank == 0:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
         fh.setFormatter(logging.Formatter(LOG_FORMAT))

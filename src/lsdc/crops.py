@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 INDEX_CSV = "index.csv"
 ERRORS_CSV = "errors.csv"
 CONTACT_SHEET = "contact_sheet.png"
+ARRAY_NPY = "crops.npy"   # every crop of index.csv, in its row order, as one uint8 array (training reads it)
 SETTINGS_JSON = "settings.json"
 INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instance_number", "x", "y", "path")
 
@@ -368,14 +369,48 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_
     log.info("%d crops written or kept (%d requested); %d studies failed", len(index), n_cells, len(errors))
     if len(index):
         contact_sheet(index, crops_dir, cfg)
+    build_array(crops_dir, cfg)
     write_stamp(crops_dir / INDEX_CSV, inputs)
     return crops_dir
 
 
 def _all_written(crops_dir: Path) -> bool:
-    """Whether every crop of the index is on disk (not decoded: a finished index is trusted)."""
+    """Whether every crop of the index is on disk and in the array (not decoded: a finished index is
+    trusted)."""
     index = pd.read_csv(crops_dir / INDEX_CSV, usecols=["path"], keep_default_na=False)
+    array = crops_dir / ARRAY_NPY
+    if not array.is_file() or np.load(array, mmap_mode="r").shape[0] != len(index):
+        return False
     return all((crops_dir / p).is_file() for p in index.path if p)
+
+
+def build_array(crops_dir: Path, cfg: CropConfig) -> Path:
+    """``crops.npy``: every crop of the index as one uint8 (N, size, size, n_slices) array, in the index's
+    row order, written once (atomically) from the PNGs, so training gathers batches from memory-mapped
+    bytes instead of decoding a PNG per crop and epoch."""
+    index = pd.read_csv(crops_dir / INDEX_CSV, usecols=["path"], keep_default_na=False)
+    path = crops_dir / ARRAY_NPY
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(index), cfg.size, cfg.size, cfg.n_slices))
+        for i, rel in enumerate(index.path):
+            out[i] = load_crop(crops_dir / rel, cfg.n_slices)
+        out.flush()
+        del out
+    return path
+
+
+def load_array(crops_dir: Path) -> np.ndarray:
+    """The crop folder's ``crops.npy``, memory-mapped read-only; DataError when missing or out of step with
+    the index (cut the crops again: scripts/01_prepare_crops.py)."""
+    path = crops_dir / ARRAY_NPY
+    n = len(pd.read_csv(crops_dir / INDEX_CSV, usecols=["path"]))
+    if not path.is_file():
+        raise DataError(f"{path} not found: run scripts/01_prepare_crops.py with the same crops settings")
+    array = np.load(path, mmap_mode="r")
+    if array.shape[0] != n:
+        raise DataError(f"{path} holds {array.shape[0]} crops, {crops_dir / INDEX_CSV} {n}: cut the crops again")
+    return array
 
 
 def contact_sheet(index: pd.DataFrame, crops_dir: Path, cfg: CropConfig, tile: int = 96) -> Path:

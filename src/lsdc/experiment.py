@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +96,11 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False              # also TensorBoard scalars in <fold>/tensorboard (pip install tensorboard)
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one experiment needs; saved as config.yaml beside its outputs."""
 
@@ -104,6 +110,7 @@ class ExperimentConfig:
     folds: FoldConfig = field(default_factory=FoldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def experiment(self) -> str:
@@ -158,17 +165,28 @@ def to_input(crops: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tens
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when present), 'cpu' or 'cuda'; ConfigError when CUDA is asked for and absent."""
+    """'auto' (CUDA when present; under torchrun the process's LOCAL_RANK GPU), 'cpu', 'cuda' or 'cuda:N';
+    ConfigError when CUDA is asked for and absent."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {name!r} but no CUDA device is available")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def autocast(device: torch.device, enabled: bool) -> Any:
-    """bfloat16 autocast on CUDA when enabled; a no-op context elsewhere."""
-    if device.type == "cuda" and enabled:
+    """bfloat16 autocast on CUDA when enabled and the GPU computes in bfloat16 (Ampere and newer); a no-op
+    context elsewhere. An older GPU (Kaggle's T4 and P100) would only emulate it, slower than float32, so it
+    trains in float32 there (float16 would need loss scaling)."""
+    if device.type == "cuda" and enabled and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
 

@@ -184,7 +184,7 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
         return pd.read_csv(out_path)
     device = resolve_device(cfg.device)
     spec, models = load_ensemble_models(weights_dir, cfg, device)
-    localizer = Localizer.load(loc_dir)
+    localizer = Localizer.load(loc_dir, device)
     prior = load_prior(experiment_folders(weights_dir, models))
     row_ids = submission_row_ids(data_dir)
     series = load_series_descriptions(data_dir, "test")

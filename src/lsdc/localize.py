@@ -503,8 +503,9 @@ class Localizer:
     @torch.no_grad()
     def run(self, view: View, stack: Stack) -> np.ndarray:
         """(n, C, h, w) logits of a view's detector on every slice of a stack (mean over fold models)."""
-        x = torch.from_numpy(stack.inputs(list(range(len(stack)))))
-        return torch.stack([m(x) for m in self.models[view.name]]).mean(0).numpy()
+        models = self.models[view.name]
+        x = torch.from_numpy(stack.inputs(list(range(len(stack))))).to(next(models[0].parameters()).device)
+        return torch.stack([m(x) for m in models]).mean(0).cpu().numpy()
 
     def locate(self, found: dict[str, list[Series]]) -> tuple[list[CropRequest], dict[str, Any]]:
         """Crop requests for every (condition, level) that could be placed, and what was found (the
@@ -582,7 +583,8 @@ class Localizer:
                         "config": config_mod.to_dict(self.cfg)}, tmp)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> Localizer:
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Localizer:
+        """The saved localiser, its networks in float32 on ``device`` (a half-precision pack is cast back)."""
         path = Path(folder) / LOCALIZER_PT
         if not path.is_file():
             raise DataError(f"{path} not found: run scripts/03_train_localizer.py first")
@@ -596,7 +598,7 @@ class Localizer:
                 for sd in states:
                     m = KeypointNet(3, channels[view], cfg.width, cfg.stride)
                     m.load_state_dict(sd)
-                    models[view].append(m.eval())
+                    models[view].append(m.to(device).eval())
         except Exception as exc:
             raise DataError(f"{path} is not a localiser of this version ({type(exc).__name__}: {exc}); "
                             "train it again with scripts/03_train_localizer.py") from exc

@@ -4,28 +4,43 @@ One network serves all five conditions: it outputs ``5 x K`` logits and the crop
 ``K`` (K = 3 severities for the ``competition`` task, 2 for the paper's binary task). Each fold keeps its
 best checkpoint (weights + everything needed to use them), an epoch log, metrics and wall time, and
 resumes from its last checkpoint after an interruption.
+
+Batches are gathered from each crop folder's ``crops.npy`` (uint8, memory-mapped) and augmented where
+they are trained (lsdc.augment: on the GPU when there is one). Several GPUs: ``train_on_devices`` trains
+the folds concurrently, one process per device; under ``torchrun`` one fold trains with
+DistributedDataParallel (each process its share of every epoch; only rank 0 writes).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import math
+import os
+import queue
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.crops import INDEX_CSV, load_crop, prepare
+from lsdc.augment import BatchAugment
+from lsdc.crops import INDEX_CSV, load_array, prepare
 from lsdc.data import load_train_labels
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import (
@@ -39,7 +54,6 @@ from lsdc.experiment import (
     PAPER_OOF_CSV,
     VAL_PREDS_CSV,
     ExperimentConfig,
-    TrainConfig,
     autocast,
     fill_with_prior,
     fold_dir,
@@ -49,7 +63,6 @@ from lsdc.experiment import (
     save_checkpoint,
     save_prior,
     select_logits,
-    to_input,
 )
 from lsdc.folds import folds_csv, load_folds
 from lsdc.io import write_csv, write_json
@@ -75,6 +88,7 @@ def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame, 
     if not path.is_file():
         raise DataError(f"{path} not found: run scripts/01_prepare_crops.py with the same crops settings")
     index = pd.read_csv(path, keep_default_na=False)
+    index["row"] = np.arange(len(index))          # the crop's row in crops.npy
     index = index[index.label != ""].merge(folds, on="study_id", how="inner")
     if cfg.train.task == "competition":
         index["target"] = index.label.map(schema.SEVERITY_INDEX)
@@ -89,86 +103,104 @@ def training_table(cfg: ExperimentConfig, crops_dir: Path, folds: pd.DataFrame, 
     return index.reset_index(drop=True)
 
 
-def lr_flip_condition(cond: int) -> int:
-    """Condition index after a left-right flip of an axial crop: left <-> right subarticular."""
-    info = schema.CONDITION_INFO[schema.CONDITIONS[cond]]
-    if info.group != "subarticular":
-        return cond
-    other = "right" if info.side == "left" else "left"
-    return COND_INDEX[schema.condition_for("subarticular", other)]
+class CropBatches:
+    """Batches of a table's crops gathered from the crop arrays: uint8 (B, H, W, C), conditions, targets.
 
-
-class CropDataset(Dataset):
-    """ROI crops as (C, H, W) float tensors, standardised per channel, with paper augmentations.
-
-    A left-right flip is applied only to axial (subarticular) crops and always swaps the left/right
-    condition with it; sagittal crops are never flipped left-right (that would swap front and back).
+    ``shuffle``: a new order every epoch from a generator seeded by (seed, epoch), so a resumed run sees the
+    epochs an uninterrupted one would. ``shard`` (rank, world): each process of a distributed run keeps every
+    world-th crop of that order.
     """
 
-    def __init__(self, table: pd.DataFrame, n_slices: int, mean: np.ndarray, std: np.ndarray,
-                 tcfg: TrainConfig | None = None, size: int = 224, seed: int = 0) -> None:
-        self.paths = table.path.tolist()
+    def __init__(self, table: pd.DataFrame, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool,
+                 seed: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
+        self.arrays, self.batch_size, self.shuffle, self.seed, self.shard = arrays, batch_size, shuffle, seed, shard
+        self.source = table.source.to_numpy()
+        self.row = table.row.to_numpy()
         self.cond = table.cond.to_numpy()
         self.target = table.target.to_numpy()
-        self.n_slices = n_slices
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-        self.tcfg = tcfg
-        self.rng = np.random.default_rng(seed)
-        self.affine = None
-        if tcfg is not None and tcfg.augment:
-            t = int(round(tcfg.translate_px * size / 224))
-            # keep_ratio: one scale for both axes, as the paper scales (albumentations 2 draws x and y apart).
-            self.affine = A.Affine(scale=tuple(tcfg.scale), keep_ratio=True, translate_px={"x": (-t, t), "y": (-t, t)},
-                                   rotate=(-tcfg.rotate_deg, tcfg.rotate_deg), border_mode=0, fill=0, p=1.0)
-            self.affine.set_random_seed(seed)  # albumentations draws from its own generator: seed it too
+        self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.paths)
+        n = len(range(self.shard[0], len(self.row), self.shard[1]))
+        return -(-n // self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        img = load_crop(self.paths[i], self.n_slices)
-        cond = int(self.cond[i])
-        if self.tcfg is not None and self.tcfg.augment:
-            img, cond = self.augment(img, cond)
-        return to_input(img[None], self.mean, self.std)[0], cond, int(self.target[i])
+    def gather(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 crops (len(idx), H, W, C) of the given table rows, in that order."""
+        first = next(iter(self.arrays.values()))
+        out = np.empty((len(idx), *first.shape[1:]), np.uint8)
+        for source, array in self.arrays.items():
+            mine = np.flatnonzero(self.source[idx] == source)
+            if len(mine):
+                rows = self.row[idx[mine]]
+                order = np.argsort(rows)                       # ascending reads of the memory map
+                out[mine[order]] = array[rows[order]]
+        return out
 
-    def augment(self, img: np.ndarray, cond: int) -> tuple[np.ndarray, int]:
-        tcfg = self.tcfg
-        assert tcfg is not None
-        if self.affine is not None:
-            img = self.affine(image=img)["image"]
-        if self.rng.random() < tcfg.vflip:
-            img = img[::-1]
-        if tcfg.lr_flip > 0 and schema.CONDITION_INFO[schema.CONDITIONS[cond]].group == "subarticular" \
-                and self.rng.random() < tcfg.lr_flip:
-            img, cond = img[:, ::-1], lr_flip_condition(cond)
-        return img, cond
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        n = len(self.row)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        order = order[self.shard[0]::self.shard[1]]
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            yield self.gather(idx), self.cond[idx], self.target[idx]
 
 
-def channel_stats(table: pd.DataFrame, n_slices: int, max_items: int = 512, seed: int = 0) -> tuple[list, list]:
+def channel_stats(batches: CropBatches, max_items: int = 512, seed: int = 0) -> tuple[list, list]:
     """Per-channel mean and std of (a sample of) the training crops, in [0, 1] units."""
     rng = np.random.default_rng(seed)
-    paths = table.path.to_numpy()
-    pick = paths if len(paths) <= max_items else rng.choice(paths, max_items, replace=False)
-    arr = np.stack([load_crop(p, n_slices) for p in pick]).astype(np.float32) / 255.0
+    n = len(batches.row)
+    pick = np.arange(n) if n <= max_items else rng.choice(n, max_items, replace=False)
+    arr = batches.gather(np.sort(pick)).astype(np.float32) / 255.0
     mean = arr.mean(axis=(0, 1, 2))
     std = arr.std(axis=(0, 1, 2)) + 1e-6
     return mean.tolist(), std.tolist()
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        info.dataset.rng = np.random.default_rng(info.seed % 2**32)
-        if info.dataset.affine is not None:
-            info.dataset.affine.set_random_seed(info.seed % 2**32)
+def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Float crops (B, C, H, W) in [0, 255] -> the network's input, exactly as lsdc.experiment.to_input
+    computes it (same float32 operations): training, OOF and test crops get the same numbers."""
+    return (x / 255.0 - mean[:, None, None]) / std[:, None, None]
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=False, worker_init_fn=_worker_init,
-                      persistent_workers=False)
+# ----------------------------------------------------------------------------- distributed training
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a distributed run (rank 0 of 1 when there is none)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_context(device: torch.device) -> Dist:
+    """Join the process group ``torchrun`` describes in the environment (nccl on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def _from_main(d: Dist, value: Any) -> Any:
+    """Rank 0's value on every rank (the decisions of a distributed run must be the same everywhere)."""
+    if d.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ----------------------------------------------------------------------------- model step
@@ -183,27 +215,102 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     return (w * ce).sum() / w.sum()
 
 
+def device_batches(batches: CropBatches, augment: BatchAugment | None,
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """Training batches as float (B, C, H, W) in [0, 255] on ``device``, augmented if asked, with their
+    conditions (after left-right flips) and targets."""
+    for x, cond, y in batches:
+        if augment is not None:
+            xt, cond = augment(x, cond, device)
+        else:
+            xt = _to_device(x, device)
+        yield xt, cond, y
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` produced in a background thread, up to ``depth`` ahead: the next batch is gathered from the
+    memory map and warped while the model steps on this one (NumPy, OpenCV and torch release the GIL).
+    The order is unchanged; the thread has finished when the loop ends, so what it draws from a seeded
+    generator is exactly what a plain loop would draw."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failed(exc))
+            return
+        put(done)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 crops (B, H, W, C) -> float (B, C, H, W) in [0, 255] on ``device``."""
+    t = torch.from_numpy(x)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.permute(0, 3, 1, 2).float()
+
+
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, k: int, device: torch.device,
-                   channels_last: bool = False) -> np.ndarray:
+def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torch.device, mean: torch.Tensor,
+                    std: torch.Tensor, channels_last: bool = False) -> np.ndarray:
     """Softmax probabilities (N, K) of each crop's condition, in float32 like every prediction at test
     time (lsdc.inference): out-of-fold numbers are those of the same model on the same crop there."""
     model.eval()
     out = []
-    for x, cond, _ in loader:
-        x = x.to(device, non_blocking=True)
+    for x, cond, _ in batches:
+        x = standardise(_to_device(x, device), mean, std)
         if channels_last and device.type == "cuda":
-            x = x.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
-        out.append(torch.softmax(select_logits(logits.float(), cond.to(device), k), dim=1).cpu().numpy())
+        out.append(torch.softmax(select_logits(logits.float(), torch.as_tensor(cond, device=device), k), dim=1)
+                   .cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
 
 # ----------------------------------------------------------------------------- one fold
 
 
-def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path) -> dict[str, Any]:
-    """Train on all folds but ``fold``, early-stop on ``fold``, write into ``out``; resumes from ``out/last.pt``."""
+def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.ndarray], fold: int, out: Path,
+               d: Dist | None = None) -> dict[str, Any]:
+    """Train on all folds but ``fold``, early-stop on ``fold``, write into ``out``; resumes from ``out/last.pt``.
+
+    In a distributed run every process trains its share of each batch (DistributedDataParallel) and only
+    rank 0 writes; the others return an empty dict.
+    """
+    d = d or Dist()
     tcfg = cfg.train
     device = resolve_device(tcfg.device)
     k = cfg.n_classes
@@ -214,17 +321,18 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
     val_t = table[(table.fold == fold) & (table.source == ANNOTATED)]
     if train_t.empty or val_t.empty:
         raise DataError(f"fold {fold}: {len(train_t)} training and {len(val_t)} held-out crops; need both")
-    mean, std = channel_stats(train_t, cfg.crops.n_slices, seed=tcfg.seed)
+    per_process = max(1, tcfg.batch_size // d.world)   # the global batch stays train.batch_size
+    train_b = CropBatches(train_t, arrays, per_process, True, seed=tcfg.seed + fold, shard=(d.rank, d.world))
+    val_b = CropBatches(val_t, arrays, tcfg.batch_size * 2, False)
+    mean, std = channel_stats(train_b, seed=tcfg.seed)
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     model = create_model(cfg.network_config()).to(device)
     if tcfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt_cls = torch.optim.Adam if tcfg.optimizer == "adam" else torch.optim.AdamW
     opt = opt_cls(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     weights = torch.tensor(tcfg.class_weights[:k] if tcfg.task == "competition" else (1.0, 1.0), device=device)
-    train_ds = CropDataset(train_t, cfg.crops.n_slices, mean, std, tcfg, cfg.crops.size, seed=tcfg.seed + fold)
-    val_ds = CropDataset(val_t, cfg.crops.n_slices, mean, std, None)
-    train_dl = make_loader(train_ds, tcfg.batch_size, True, tcfg.workers, device)
-    val_dl = make_loader(val_ds, tcfg.batch_size * 2, False, tcfg.workers, device)
+    augment = BatchAugment(tcfg, cfg.crops.size, tcfg.seed + fold, threads=tcfg.workers) if tcfg.augment else None
 
     meta = {"config": config_mod.to_dict(cfg), "classes": list(schema.SEVERITY_COLUMNS if k == 3 else PAPER_CLASSES),
             "conditions": list(schema.CONDITIONS), "mean": mean, "std": std, "fold": fold}
@@ -236,56 +344,77 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, fold: int, out: Path)
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
+    net = model
+    if d.world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    board = summary_writer(out / "tensorboard") if cfg.log.tensorboard and d.main else None
     while state["epoch"] < tcfg.epochs and state["bad_epochs"] < tcfg.patience:
         t0 = time.perf_counter()
-        model.train()
-        losses, seen = [], 0
-        for step, (x, cond, y) in enumerate(train_dl):
-            if tcfg.max_steps_per_epoch is not None and step >= tcfg.max_steps_per_epoch:
-                break
-            x, cond, y = x.to(device, non_blocking=True), cond.to(device), y.to(device)
+        net.train()
+        train_b.epoch = state["epoch"]
+        if augment is not None:
+            augment.generator.manual_seed(tcfg.seed + 1000 * fold + state["epoch"])
+        total, seen = torch.zeros((), device=device), 0   # summed on the device: no sync per step
+        steps = len(train_b) if tcfg.max_steps_per_epoch is None else min(len(train_b), tcfg.max_steps_per_epoch)
+        for xt, cond, y in prefetch(itertools.islice(device_batches(train_b, augment, device), steps)):
+            xt = standardise(xt, mean_t, std_t)
             if tcfg.channels_last and device.type == "cuda":
-                x = x.to(memory_format=torch.channels_last)
+                xt = xt.contiguous(memory_format=torch.channels_last)
+            cond_t, y_t = torch.as_tensor(cond, device=device), torch.as_tensor(y, device=device)
             with autocast(device, tcfg.amp):
-                logits = model(x)
-            loss = weighted_ce(select_logits(logits.float(), cond, k), y, weights)
+                logits = net(xt)
+            loss = weighted_ce(select_logits(logits.float(), cond_t, k), y_t, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()) * len(y))
+            total += loss.detach() * len(y)
             seen += len(y)
-        probs = predict_loader(model, val_dl, k, device, tcfg.channels_last)
+        probs = predict_batches(model, val_b, k, device, mean_t, std_t, tcfg.channels_last)
         val_loss = float(weighted_ce(torch.log(torch.from_numpy(probs).clamp_min(1e-15)),
                                      torch.as_tensor(val_t.target.to_numpy().copy()),
                                      weights.cpu()))
         val_acc = float((probs.argmax(1) == val_t.target.to_numpy()).mean())
+        val_score = crop_score(val_t, probs) if tcfg.task == "competition" else math.nan
         state["epoch"] += 1
         state["wall"] += time.perf_counter() - t0
-        improved = val_loss < state["best_loss"] - 1e-6
+        improved = _from_main(d, val_loss < state["best_loss"] - 1e-6)
         if improved:
             state.update(best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
-            save_checkpoint(out / BEST_PT, {**meta, "model": model.state_dict(), "epoch": state["epoch"],
-                                            "val_loss": val_loss})
+            if d.main:
+                save_checkpoint(out / BEST_PT, {**meta, "model": model.state_dict(), "epoch": state["epoch"],
+                                                "val_loss": val_loss})
         else:
             state["bad_epochs"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_loss": sum(losses) / max(seen, 1),
-                                 "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0,
+        state["history"].append({"epoch": state["epoch"], "train_loss": float(total) / max(seen, 1),
+                                 "val_loss": val_loss, "val_acc": val_acc, "val_score": val_score,
+                                 "seconds": time.perf_counter() - t0,
                                  "best": improved})
-        write_csv(pd.DataFrame(state["history"]), out / EPOCHS_CSV)
-        save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
-        log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f%s", fold, state["epoch"],
-                 state["history"][-1]["train_loss"], val_loss, val_acc, "  *" if improved else "")
+        if d.main:
+            write_csv(pd.DataFrame(state["history"]), out / EPOCHS_CSV)
+            if board is not None:
+                for key in ("train_loss", "val_loss", "val_acc", "val_score"):
+                    board.add_scalar(key, state["history"][-1][key], state["epoch"])
+                board.flush()
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
+            log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f  score %.4f%s", fold, state["epoch"],
+                     state["history"][-1]["train_loss"], val_loss, val_acc, val_score, "  *" if improved else "")
+        _barrier(d)
 
+    if board is not None:
+        board.close()
+    if not d.main:
+        return {}
     best_model, _ = load_checkpoint(out / BEST_PT, device)
-    probs = predict_loader(best_model, val_dl, k, device, tcfg.channels_last)
+    probs = predict_batches(best_model, val_b, k, device, mean_t, std_t, tcfg.channels_last)
     preds = val_t[["study_id", "condition", "level", "label", "target"]].copy()
     for j, name in enumerate(meta["classes"]):
         preds[name] = probs[:, j]
     write_csv(preds, out / VAL_PREDS_CSV)
     metrics = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
                "epochs_run": state["epoch"], "train_seconds": state["wall"], "n_train": len(train_t),
-               "n_val": len(val_t), "params": count_parameters(best_model), "device": str(device)}
+               "n_val": len(val_t), "params": count_parameters(best_model), "device": str(device),
+               "processes": d.world}
     write_json(out / METRICS_JSON, metrics)
     last.unlink(missing_ok=True)
     return metrics
@@ -312,6 +441,30 @@ def experiment_table(cfg: ExperimentConfig, data_dir: Path, output_dir: Path, fo
     return pd.concat([table, localized], ignore_index=True), dirs
 
 
+def summary_writer(folder: Path) -> Any:
+    """TensorBoard's SummaryWriter (log.tensorboard=true); tensorboard is an optional install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter(str(folder))
+
+
+def crop_score(table: pd.DataFrame, probs: np.ndarray) -> float:
+    """The official metric over the rows that have a crop (study, condition, level, target): the score an
+    epoch's validation predictions earn before unlabeled cells and crop-less rows are filled with the prior.
+    NaN when a group has no row (a tiny fold)."""
+    rid = [schema.row_id(s, c, lv) for s, c, lv in zip(table.study_id, table.condition, table.level)]
+    onehot = np.eye(len(schema.SEVERITY_COLUMNS))[table.target.to_numpy()]
+    solution = pd.DataFrame({"row_id": rid, **dict(zip(schema.SEVERITY_COLUMNS, onehot.T)),
+                             "sample_weight": np.asarray(schema.SEVERITY_WEIGHTS)[table.target.to_numpy()]})
+    submission = pd.DataFrame({"row_id": rid, **dict(zip(schema.SEVERITY_COLUMNS, probs.T))})
+    try:
+        return score(solution, submission)["score"]
+    except DataError:
+        return math.nan
+
+
 def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) -> tuple[pd.DataFrame, int]:
     """Submission-format OOF: all 25 rows of every study in ``studies``.
 
@@ -327,41 +480,55 @@ def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) ->
     return oof, len(labeled - set(have.row_id))
 
 
-def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
-    """Train every selected fold, then write the out-of-fold predictions and their scores."""
+def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path,
+                     summarise: bool = True) -> dict[str, Any]:
+    """Train every selected fold, then write the out-of-fold predictions and their scores.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every process trains the same folds in step (DistributedDataParallel)
+    and only rank 0 writes; the other ranks return an empty dict. ``summarise=False`` trains the folds only
+    (a process of :func:`train_on_devices`).
+    """
     cfg.crops.check()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
+    d = dist_context(resolve_device(cfg.train.device))
     exp_dir = output_dir / cfg.experiment
-    _check_same_config(cfg, exp_dir)
-    config_mod.save(cfg, exp_dir / CONFIG_YAML)
     folds = load_folds(output_dir, cfg.folds.n_folds)
     n_folds = int(folds.fold.nunique())
-    table, crop_dirs = experiment_table(cfg, data_dir, output_dir, folds)
+    if d.main:
+        _check_same_config(cfg, exp_dir)
+        config_mod.save(cfg, exp_dir / CONFIG_YAML)
+        table, crop_dirs = experiment_table(cfg, data_dir, output_dir, folds)
+    _barrier(d)
+    if not d.main:
+        table, crop_dirs = experiment_table(cfg, data_dir, output_dir, folds)
+    arrays = {ANNOTATED: load_array(crop_dirs[0])}
+    if len(crop_dirs) > 1:
+        arrays[LOCALIZED] = load_array(crop_dirs[1])
     # What a finished fold was trained from: a fold trained from other crops or folds is trained again.
     inputs = {"config": _comparable(cfg), "folds": file_state(output_dir / folds_csv(cfg.folds.n_folds)),
-              "crops": [file_state(stamp_path(d / INDEX_CSV)) for d in crop_dirs]}
-    selected = cfg.folds.train_folds
-    if cfg.train.split == "holdout":
-        selected = [0]
-    selected = list(range(n_folds)) if selected is None else list(selected)
-    bad = [f for f in selected if f not in range(n_folds)]
-    if bad:
-        raise ConfigError(f"config key 'folds.train_folds': fold {bad[0]} does not exist (folds 0..{n_folds - 1})")
-    log.info("experiment %s: %s task, %d crops, folds %s", cfg.experiment, cfg.train.task, len(table), selected)
+              "crops": [file_state(stamp_path(c / INDEX_CSV)) for c in crop_dirs]}
+    selected = selected_folds(cfg, n_folds)
+    log.info("experiment %s: %s task, %d crops, folds %s%s", cfg.experiment, cfg.train.task, len(table), selected,
+             f", {d.world} processes" if d.world > 1 else "")
     fold_metrics = []
     t0 = time.perf_counter()
     for fold in selected:
         out = fold_dir(exp_dir, fold)
         done = out / METRICS_JSON
-        if is_stale(done, inputs):
+        if d.main and is_stale(done, inputs):
             log.info("fold %d was trained from other crops or folds: training it again", fold)
             shutil.rmtree(out)
+        _barrier(d)
         if done.is_file() and (out / VAL_PREDS_CSV).is_file():
             log.info("fold %d already trained; kept", fold)
             fold_metrics.append(json.loads(done.read_text()))
             continue
-        fold_metrics.append(train_fold(cfg, table, fold, out))
-        write_stamp(done, inputs)
+        fold_metrics.append(train_fold(cfg, table, arrays, fold, out, d))
+        if d.main:
+            write_stamp(done, inputs)
+        _barrier(d)
+    if not (d.main and summarise):
+        return {}
     preds = pd.concat([pd.read_csv(fold_dir(exp_dir, f) / VAL_PREDS_CSV) for f in selected], ignore_index=True)
     summary: dict[str, Any] = {"experiment": cfg.experiment, "task": cfg.train.task, "folds": selected,
                                "train_seconds": sum(m["train_seconds"] for m in fold_metrics),
@@ -389,6 +556,50 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     return summary
 
 
+def selected_folds(cfg: ExperimentConfig, n_folds: int) -> list[int]:
+    """The folds an experiment trains: folds.train_folds, fold 0 alone for the paper's holdout split, or all."""
+    selected = [0] if cfg.train.split == "holdout" else cfg.folds.train_folds
+    selected = list(range(n_folds)) if selected is None else list(selected)
+    bad = [f for f in selected if f not in range(n_folds)]
+    if bad:
+        raise ConfigError(f"config key 'folds.train_folds': fold {bad[0]} does not exist (folds 0..{n_folds - 1})")
+    return selected
+
+
+def train_on_devices(cfg: ExperimentConfig, data_dir: str | Path, output_dir: str | Path,
+                     devices: list[str]) -> dict[str, Any]:
+    """Train the folds concurrently, one process per device (``["cuda:0", "cuda:1"]``; "cpu" works too),
+    fold k on device k mod n, each process writing only its folds; then the OOF and scores as usual."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    folds = load_folds(output_dir, cfg.folds.n_folds)
+    selected = selected_folds(cfg, int(folds.fold.nunique()))
+    _check_same_config(cfg, output_dir / cfg.experiment)
+    experiment_table(cfg, data_dir, output_dir, folds)   # cut any crops it needs once, before the processes
+    jobs = []
+    level = logging.getLogger("lsdc").getEffectiveLevel()
+    for i, device in enumerate(devices):
+        mine = selected[i::len(devices)]
+        if mine:
+            jobs.append((dataclasses.replace(cfg, folds=dataclasses.replace(cfg.folds, train_folds=mine),
+                                             train=dataclasses.replace(cfg.train, device=device)),
+                         data_dir, output_dir, level))
+    log.info("training folds %s on %s", [j[0].folds.train_folds for j in jobs], devices[:len(jobs)])
+    with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
+        list(pool.map(_train_folds, jobs))
+    return train_experiment(cfg, data_dir, output_dir)
+
+
+def _train_folds(job: tuple[ExperimentConfig, Path, Path, int]) -> None:
+    """One process of :func:`train_on_devices`: its folds on its device, logging to stderr tagged with it."""
+    cfg, data_dir, output_dir, level = job
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter(f"[{cfg.train.device}] %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[console], force=True)
+    if cfg.train.device == "cpu":
+        torch.set_num_threads(1)
+    train_experiment(cfg, data_dir, output_dir, summarise=False)
+
+
 def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
     """The settings that make an experiment what it is (not workers, device, epochs, patience, which folds)."""
     d = config_mod.to_dict(cfg)
@@ -396,6 +607,7 @@ def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
         d["train"].pop(key, None)
     d["folds"].pop("train_folds", None)
     d["crops"].pop("workers", None)
+    d.pop("log", None)
     return d
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The whole pipeline in one command: data (the synthetic default if --data-dir holds none), crops, folds,
-localiser, every configured model over the folds, OOF ensemble, test predictions and the submission.
+localiser, every configured model over the folds, OOF ensemble, test predictions and the submission, then the
+run's figures (<experiment>/curves.png, oof_chart.png).
 
 `--config configs/pipeline_smoke.yaml` runs it end to end on 2 CPU cores in about a quarter of an hour. Every step
 resumes, so rerunning after an interruption continues where it stopped.
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['ensemble_oof_score']:.4f} in sample"
           + (f", {nested:.4f} nested (weights fitted on the other folds)" if nested is not None else ""))
     print(f"step times (s): {result['times']}")
+    print("figures: " + ", ".join(str(p) for p in result["figures"]))
     print(f"submission: {result['submission']}")
     log.info("pipeline finished: %s", result["submission"])
     return 0

@@ -1,4 +1,5 @@
-"""The whole pipeline in one call: data (synthetic if none), crops, localiser, models, ensemble, submission."""
+"""The whole pipeline in one call: data (synthetic if none), crops, localiser, models, ensemble, submission,
+and the pictures of the run (training curves per experiment, the OOF chart)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from lsdc.folds import prepare_folds
 from lsdc.inference import PredictConfig, predict_submission
 from lsdc.localize import LocalizerExperiment, train_localizer
 from lsdc.localized_oof import localized_oof
+from lsdc.report.runs import draw_run_figures
 from lsdc.synthetic import SyntheticConfig, generate
 from lsdc.train import train_experiment
 
@@ -126,9 +128,13 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     submission = Path(cfg.submission)
     predict_submission(data_dir, output_dir, submission, pcfg)
     lap("predict", s)
+
+    s = time.perf_counter()
+    figures = draw_run_figures(output_dir, names)   # <experiment>/curves.png, oof_chart.png
+    lap("figures", s)
     times["total"] = round(time.perf_counter() - t0, 1)
     return {"oof_table": oof_table, "annotated_table": output_dir / table_names(OOF_CSV)[1],
-            "submission": submission, "times": times,
+            "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
             "ensemble_oof_score": spec.ensemble_score.get("score"),
             "ensemble_nested_score": spec.nested_score.get("score"), "table": table}

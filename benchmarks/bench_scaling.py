@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = common.load_average()
 
     sizes = sorted(args.sizes)
+    marginal = {stage: (by_n[sizes[-1]]["seconds"] - by_n[sizes[0]]["seconds"]) / max(sizes[-1] - sizes[0], 1)
+                for stage, by_n in results.items()}   # the cost of one more study, start-up costs aside
     rows, flat = [], {}
     for stage, by_n in results.items():
         per = [by_n[n]["s_per_study"] for n in sizes]
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
     budget = []
     if "predict" in results:
-        per = results["predict"][sizes[-1]]["s_per_study"]
+        per = max(results["predict"][sizes[-1]]["s_per_study"], marginal["predict"])
         fits = args.limit_hours * 3600 / per
         budget.append(f"- Budget: whole-ensemble prediction at {per:.2f} s/study on this CPU fits "
                       f"{fits:,.0f} studies in {args.limit_hours:g} h")
@@ -201,18 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         section = "scaling" if args.device == "cpu" else "scaling_cuda"
         head = " | ".join(f"{n} studies (s/study)" for n in sizes)
-        table = [f"| stage | {head} | peak MiB, largest (before) | flat |",
-                 "|---|" + "---|" * (len(sizes) + 2)]
+        table = [f"| stage | {head} | one more study (s) | peak MiB, largest (before) | flat |",
+                 "|---|" + "---|" * (len(sizes) + 3)]
         for stage, by_n in results.items():
             table.append(f"| {stage} | " + " | ".join(f"{by_n[n]['s_per_study']:.3f}" for n in sizes)
-                         + f" | {by_n[sizes[-1]]['peak_mib']:.0f} ({by_n[sizes[-1]]['base_mib']:.0f}) "
+                         + f" | {marginal[stage]:.3f} | {by_n[sizes[-1]]['peak_mib']:.0f} "
+                         f"({by_n[sizes[-1]]['base_mib']:.0f}) "
                          f"| {'yes' if flat[stage] else 'NO'} |")
         title = ("## How cost grows with work (`bench_scaling.py`)" if args.device == "cpu"
                  else "### Prediction cost per study on CUDA (`bench_scaling.py --device cuda`)")
         lines = [title, "",
                  "Seconds per study and peak memory (the measuring process and its workers) of crop preparation, "
                  "localiser inference and whole-ensemble prediction, each size in a fresh process on the first N "
-                 f"studies of one synthetic set. Flat: the largest size's s/study at most {FLAT}x the smallest's.",
+                 f"studies of one synthetic set. Flat: the largest size's s/study at most {FLAT}x the smallest's. "
+                 "One more study: (time at the largest size - time at the smallest) / (difference in studies), "
+                 "the cost per study once start-up (worker pools, model loading) is paid.",
                  "", "Latest run:", "", f"- Command: `{common.command_line()}`",
                  *common.machine_lines(args.device, load_before, load_after),
                  f"- Weights: {'untrained full configs' if args.untrained else f'`{args.weights_dir}`'} "

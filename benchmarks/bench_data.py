@@ -151,7 +151,7 @@ def gpu_section(args: argparse.Namespace, index: pd.DataFrame, array: np.ndarray
                 device: torch.device) -> dict:
     """Training step of the attention model fed by the data path vs on a batch already on the device."""
     torch.backends.cudnn.benchmark = True
-    k = 3
+    k = 3   # (runs on a CPU too, to check the code path; the figure that counts is the GPU's)
     model = create_model(ModelConfig(name="attention", num_classes=N_CONDITIONS * k, in_chans=cfg.n_slices))
     model = model.to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -187,22 +187,26 @@ def gpu_section(args: argparse.Namespace, index: pd.DataFrame, array: np.ndarray
             n += len(y)
         return n
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     sides = {"device": on_device, "fed": fed}
     for run in sides.values():
         run(5)
-    torch.cuda.synchronize(device)
+    sync()
     rates: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(args.rounds):
         for name in (sides if r % 2 == 0 else reversed(list(sides))):
-            torch.cuda.synchronize(device)
+            sync()
             t0 = time.perf_counter()
             n = sides[name](args.gpu_steps)
-            torch.cuda.synchronize(device)
+            sync()
             rates[name].append(n / (time.perf_counter() - t0))
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rates.items()))
     return {"rates": {k: common.median(v) for k, v in rates.items()},
             "ratio": common.median([d / f for d, f in zip(rates["device"], rates["fed"], strict=True)]),
-            "gpu": torch.cuda.get_device_name(device)}
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
 def _endless(batches: CropBatches, augment: BatchAugment, device: torch.device) -> Iterator:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_folds(data, out, cfg.folds.n_folds, cfg.folds.seed)
         prepare(data, out, cfg.crops, show_progress=False)
         t_crops = time.perf_counter() - t0
-        print(f"data {t_gen:.0f} s, crops {t_crops:.0f} s; training {cfg.experiment} on {dev_name}")
+        print(f"data {t_gen:.1f} s, crops {t_crops:.1f} s; training {cfg.experiment} on {dev_name}")
         start, folds_run, last = time.perf_counter(), [], 0.0
         for fold in range(cfg.folds.n_folds):
             spent = time.perf_counter() - start

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lsdc import config as config_mod
+from lsdc.pipeline import PipelineConfig
 from lsdc.train import train_experiment, train_on_devices
 
 ROOT = Path(__file__).parents[1]
@@ -73,3 +74,9 @@ def test_torchrun_trains_one_fold_with_ddp_on_gloo(smoke_run, tmp_path):
     assert ddp["oof_score"]["score"] == pytest.approx(single["oof_score"]["score"], abs=0.1), (ddp, single)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "fold 0 already trained; kept" in again.stderr
+
+
+def test_pipeline_takes_the_devices_to_train_on():
+    cfg = config_mod.load(PipelineConfig, None, ["devices=[cuda:0,cuda:1]"])
+    assert cfg.devices == ["cuda:0", "cuda:1"]
+    assert config_mod.load(PipelineConfig).devices == []

@@ -24,7 +24,7 @@ from lsdc.localize import LocalizerExperiment, train_localizer
 from lsdc.localized_oof import localized_oof
 from lsdc.report.runs import draw_run_figures
 from lsdc.synthetic import SyntheticConfig, generate
-from lsdc.train import train_experiment
+from lsdc.train import train_experiment, train_on_devices
 
 log = logging.getLogger(__name__)
 LOCALIZED_OOF_TABLE = "localized_oof.csv"
@@ -50,6 +50,9 @@ class PipelineConfig:
     # What the ensemble is fitted on: "localized" (crops at held-out localiser points, as test rows see
     # them; it needs the localiser and the models on the same folds) or "annotated" (oof.csv).
     ensemble_on: str = "localized"
+    # Train each experiment's folds concurrently, one process per device (["cuda:0", "cuda:1"] on Kaggle's
+    # two T4s); empty or one device: one process, train.device of each experiment.
+    devices: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if self.ensemble_on not in ("localized", "annotated"):
@@ -98,7 +101,10 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
 
     for e in experiments:
         s = time.perf_counter()
-        train_experiment(e, data_dir, output_dir)
+        if len(cfg.devices) > 1:
+            train_on_devices(e, data_dir, output_dir, cfg.devices)
+        else:
+            train_experiment(e, data_dir, output_dir)
         lap(f"train {e.experiment}", s)
 
     s = time.perf_counter()

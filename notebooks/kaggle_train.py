@@ -20,7 +20,7 @@ CODE_DIR = ""       # the repository (src/, scripts/, configs/); "": the attache
 PREVIOUS_DIR = ""   # a previous session's output of this notebook; "": the attached one, if any; "none": start afresh
 OUT_DIR = "/kaggle/working"       # outputs/ (every step's results), the log and the pack are written here
 CONFIG = "configs/pipeline.yaml"  # the pipeline's config, relative to CODE_DIR (or absolute)
-SETTINGS: list[str] = []          # overrides of it, as run_pipeline.py's --set, e.g. ["predict.tta=true"]
+SETTINGS: list[str] = []          # overrides of it (run_pipeline.py's --set); two T4s: ["devices=[cuda:0,cuda:1]"]
 TIME_LIMIT_HOURS = 11.0           # stop the pipeline after this long (a Kaggle session ends at 12 h); the next resumes
 PACK = True                       # pack the weights at the end (OUT_DIR/kaggle_dataset) when every step has finished
 HALF = True                       # fold checkpoints in float16 in the pack (about half the upload)
@@ -38,6 +38,9 @@ HALF = True                       # fold checkpoints in float16 in the pack (abo
 # and its output is saved. For the next session, *Add Input* this notebook's output (the previous version) and
 # run again: its `outputs/` is copied into `/kaggle/working/outputs` first (files already there are kept), and
 # finished work is skipped.
+#
+# **Two GPUs** (Kaggle's T4 x2): `SETTINGS = ["devices=[cuda:0,cuda:1]"]` trains each experiment's folds on both
+# at once, one process per GPU; otherwise one GPU trains everything.
 #
 # **Inputs**: the competition data, and the code: a dataset holding the repository (`src/`, `scripts/`,
 # `configs/`), e.g. a pack made with `scripts/pack_kaggle.py` (its `code/` folder). Internet off; nothing is

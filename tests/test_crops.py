@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import numpy as np
@@ -26,7 +27,7 @@ from lsdc.crops import (
 )
 from lsdc.dicom import load_series, write_slice
 from lsdc.geometry import SliceGeometry, patient_to_pixel
-from lsdc.stamps import stamp_path
+from lsdc.stamps import stamp_path, tree_state
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -162,3 +163,21 @@ def test_an_unknown_instance_drops_only_its_own_crop(synthetic_dir, caplog):
     _, crops = crop_study(synthetic_dir / schema.TRAIN_IMAGES / str(study), [bad, *axial[1:]], cfg, None)
     assert set(crops) == {(r.condition, r.level) for r in axial[1:]}
     assert any(str(study) in r.getMessage() and "987654" in r.getMessage() for r in caplog.records)
+
+
+def test_an_image_folder_copied_or_mounted_again_is_the_same_input(tmp_path):
+    """Kaggle mounts /kaggle/input anew each session (new modification times): crops and models made from
+    it must be kept; a file added, removed or of another size is another input."""
+    src = tmp_path / "a"
+    (src / "1" / "2").mkdir(parents=True)
+    for i in range(3):
+        (src / "1" / "2" / f"{i}.dcm").write_bytes(bytes(100 + i))
+    copy = tmp_path / "b" / "a"
+    shutil.copytree(src, copy, copy_function=shutil.copyfile)   # new modification times
+    os.utime(copy / "1" / "2" / "0.dcm", ns=(1, 1))
+    assert tree_state(copy) == tree_state(src)
+    (copy / "1" / "2" / "2.dcm").write_bytes(bytes(99))
+    assert tree_state(copy) != tree_state(src)
+    (copy / "1" / "2" / "2.dcm").write_bytes(bytes(102))
+    (copy / "1" / "2" / "3.dcm").write_bytes(bytes(1))
+    assert tree_state(copy) != tree_state(src)

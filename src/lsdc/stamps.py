@@ -3,8 +3,9 @@
 Every step of the pipeline that costs time (crops, localiser folds, localised OOF, ensemble fits,
 predictions) writes ``.<output>.made_from.json`` next to its output with a digest of its inputs: the
 settings that shaped it and the state of the files it read (content digest for small files, size and
-modification time for large ones such as checkpoints). A rerun whose inputs have the same digest keeps
-the output; anything changed makes the step run again, and only that step and those after it.
+modification time for large ones such as checkpoints, paths and sizes for an image folder). A rerun whose
+inputs have the same digest keeps the output; anything changed makes the step run again, and only that
+step and those after it.
 """
 
 from __future__ import annotations
@@ -35,13 +36,18 @@ def file_state(path: str | Path) -> list[Any]:
 
 
 def tree_state(folder: str | Path, pattern: str = "**/*") -> list[Any]:
-    """[name, number of files, digest of their paths, sizes and modification times] of the files under
-    ``folder`` matching ``pattern``, without reading them (a DICOM folder holds thousands of files)."""
+    """[name, number of files, digest of their paths and sizes] of the files under ``folder`` matching
+    ``pattern``, without reading them (a DICOM folder holds thousands of files).
+
+    Modification times are left out on purpose: a dataset copied or mounted again (each Kaggle session
+    mounts /kaggle/input anew) must not look new, or hours of crops and training would be redone. A
+    competition's images do not change content at the same size and name; the tables beside them are
+    hashed by content (:func:`file_state`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return [folder.name, None]
     files = sorted(p for p in folder.glob(pattern) if p.is_file())
-    listing = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    listing = [[str(p.relative_to(folder)), p.stat().st_size] for p in files]
     return [folder.name, len(files), digest(listing)]
 
 

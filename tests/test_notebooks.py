@@ -18,26 +18,14 @@ import pytest
 from nbclient import NotebookClient
 
 from lsdc import schema
+from tiny import tiny_experiment, tiny_localizer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("kaggle_inference", "kaggle_train")
 
-TINY = """
-tag: nb
-crops: {size: 32, n_slices: 3, workers: 1}
-folds: {n_folds: 2, seed: 42}
-model:
-  name: attention
-  attention: {head_widths: [8, 16], eim_widths: [16, 32], num_heads: 4, num_slots: 2, slot_dim: 16,
-              slot_iters: 1, tail_widths: [16], reduction: 4}
-train: {epochs: 2, batch_size: 64, workers: 0, patience: 2}
-"""
-LOCALIZER = """
-name: localizer_nb
-folds: {n_folds: 2, seed: 42}
-localizer: {image_size: 64, width: 8, epochs: 1}
-"""
+TINY = tiny_experiment("nb", epochs=2, patience=2)
+LOCALIZER = tiny_localizer("localizer_nb", epochs=1)
 
 
 def with_one_test_study(src: Path, dest: Path) -> Path:

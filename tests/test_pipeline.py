@@ -21,22 +21,10 @@ from lsdc.errors import DataError
 from lsdc.inference import PredictConfig, predict_submission
 from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, VIEWS, LocalizerExperiment, train_localizer
 from lsdc.pipeline import PipelineConfig, StepRef, run_pipeline
+from tiny import tiny_experiment, tiny_localizer
 
-TINY = """
-tag: tiny
-crops: {size: 32, n_slices: 3, workers: 1}
-folds: {n_folds: 2, seed: 42}
-model:
-  name: attention
-  attention: {head_widths: [8, 16], eim_widths: [16, 32], num_heads: 4, num_slots: 2, slot_dim: 16,
-              slot_iters: 1, tail_widths: [16], reduction: 4}
-train: {epochs: 1, batch_size: 64, workers: 0, patience: 1}
-"""
-LOCALIZER = """
-name: localizer_tiny
-folds: {n_folds: 2, seed: 42}
-localizer: {image_size: 64, width: 8, epochs: 2}
-"""
+TINY = tiny_experiment("tiny", epochs=1, patience=1)
+LOCALIZER = tiny_localizer("localizer_tiny", epochs=2)
 
 
 def _pipeline(root: Path, experiments: list[StepRef]) -> PipelineConfig:
@@ -127,7 +115,7 @@ def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, 
 
 def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, monkeypatch):
     root, out = _copy(first_run, tmp_path)
-    (root / "tiny48.yaml").write_text(TINY.replace("size: 32", "size: 48").replace("tag: tiny", "tag: tiny48"))
+    (root / "tiny48.yaml").write_text(tiny_experiment("tiny48", size=48))
     calls = Calls(monkeypatch)
     run_pipeline(_pipeline(root, [StepRef("tiny.yaml"), StepRef("tiny48.yaml")]), first_run["data"], out, root)
     assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained

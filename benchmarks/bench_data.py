@@ -43,10 +43,19 @@ from torch.utils.data import DataLoader, Dataset
 import common
 from lsdc.augment import BatchAugment
 from lsdc.crops import INDEX_CSV, CropConfig, load_array, load_crop, prepare
-from lsdc.experiment import COND_INDEX, N_CONDITIONS, TrainConfig, autocast, resolve_device, select_logits, to_input
+from lsdc.experiment import (
+    COND_INDEX,
+    N_CONDITIONS,
+    TrainConfig,
+    autocast,
+    resolve_device,
+    select_logits,
+    standardise,
+    to_input,
+)
 from lsdc.models import ModelConfig, create_model
 from lsdc.synthetic import SyntheticConfig, generate
-from lsdc.train import CropBatches, device_batches, prefetch, standardise, weighted_ce
+from lsdc.train import CropBatches, device_batches, prefetch, weighted_ce
 
 TARGET = 5.0      # host-side data path vs the PNG loader, CPU
 GPU_TARGET = 1.10  # fed step / step on device tensors

@@ -102,6 +102,14 @@ def warp_torch(x: torch.Tensor, d: Draw) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 crops (B, H, W, C) -> float (B, C, H, W) in [0, 255] on ``device`` (through pinned memory to a GPU)."""
+    t = torch.from_numpy(x)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.permute(0, 3, 1, 2).float()
+
+
 class BatchAugment:
     """Draws and applies the augmentation of each training batch on its device; seeded per fold."""
 
@@ -116,7 +124,5 @@ class BatchAugment:
         d = draw(cond, self.size, self.tcfg, self.generator)
         cond = np.where(d.lr_flipped, LR_SWAP[np.asarray(cond)], cond)
         if device.type == "cpu":
-            out = torch.from_numpy(warp_cv2(x, d, self.pool)).permute(0, 3, 1, 2).float()
-            return out, cond
-        t = torch.from_numpy(x).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return warp_torch(t, d), cond
+            return to_device(warp_cv2(x, d, self.pool), device), cond
+        return warp_torch(to_device(x, device), d), cond

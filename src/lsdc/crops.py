@@ -279,31 +279,26 @@ def _study_task(args: tuple[Path, list[CropRequest], CropConfig, Path]) -> tuple
 
 def training_requests(data_dir: Path) -> dict[int, list[CropRequest]]:
     """Labeled (study, condition, level) cells that have a coordinate, grouped by study."""
-    train = load_train_labels(data_dir).set_index("study_id")
-    coords = load_coordinates(data_dir)
-    out: dict[int, list[CropRequest]] = {}
-    for r in coords.itertuples(index=False):
-        if r.study_id not in train.index:
-            log.warning("%s: study %s has coordinates but no train.csv row; skipped", schema.COORDS_CSV, r.study_id)
-            continue
-        label = train.at[r.study_id, schema.label_column(r.condition, r.level)]
-        if pd.isna(label):
-            continue
-        out.setdefault(int(r.study_id), []).append(
-            CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y),
-                        str(label)))
-    return out
+    return _labeled_requests(data_dir, load_coordinates(data_dir), schema.COORDS_CSV)
 
 
 def localized_requests(data_dir: Path, points_csv: Path) -> dict[int, list[CropRequest]]:
     """Labeled cells at the points a localiser placed held out (its ``oof_points.csv``), grouped by study:
     the crops a test study gets, for training that expects the localiser's errors."""
-    train = load_train_labels(data_dir).set_index("study_id")
     points = read_csv_checked(points_csv, ("study_id", "condition", "level", "series_id", "instance_number", "x", "y"),
                               "train the localiser first (scripts/03_train_localizer.py)")
+    return _labeled_requests(data_dir, points.dropna(subset=["series_id"]), None)
+
+
+def _labeled_requests(data_dir: Path, points: pd.DataFrame, warn_source: str | None) -> dict[int, list[CropRequest]]:
+    """The points of labeled cells as crop requests by study; a study without a train.csv row is skipped
+    (with a warning naming ``warn_source`` when given)."""
+    train = load_train_labels(data_dir).set_index("study_id")
     out: dict[int, list[CropRequest]] = {}
-    for r in points.dropna(subset=["series_id"]).itertuples(index=False):
+    for r in points.itertuples(index=False):
         if r.study_id not in train.index:
+            if warn_source:
+                log.warning("%s: study %s has coordinates but no train.csv row; skipped", warn_source, r.study_id)
             continue
         label = train.at[r.study_id, schema.label_column(r.condition, r.level)]
         if pd.isna(label):

@@ -160,8 +160,15 @@ def select_logits(logits: torch.Tensor, cond: torch.Tensor, k: int) -> torch.Ten
 def to_input(crops: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """uint8 crops (N, H, W, C) -> the network's float32 input (N, C, H, W), standardised per channel with
     the statistics of the fold that trained the model (training, inference and the report all use this)."""
-    x = (crops.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.asarray(crops)).permute(0, 3, 1, 2).float()
+    return standardise(x, torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+                       ).contiguous()
+
+
+def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Float crops (B, C, H, W) in [0, 255] -> the network's input, per channel with the fold's statistics
+    (in [0, 1] units): the one formula for training, OOF and test crops, wherever the batch is."""
+    return (x / 255.0 - mean[:, None, None]) / std[:, None, None]
 
 
 def resolve_device(name: str) -> torch.device:

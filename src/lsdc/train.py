@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lsdc import config as config_mod
 from lsdc import schema
-from lsdc.augment import BatchAugment
+from lsdc.augment import BatchAugment, to_device
 from lsdc.crops import INDEX_CSV, load_array, prepare
 from lsdc.data import load_train_labels
 from lsdc.errors import ConfigError, DataError
@@ -63,6 +63,7 @@ from lsdc.experiment import (
     save_checkpoint,
     save_prior,
     select_logits,
+    standardise,
 )
 from lsdc.folds import folds_csv, load_folds
 from lsdc.io import write_csv, write_json
@@ -156,12 +157,6 @@ def channel_stats(batches: CropBatches, max_items: int = 512, seed: int = 0) -> 
     return mean.tolist(), std.tolist()
 
 
-def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Float crops (B, C, H, W) in [0, 255] -> the network's input, exactly as lsdc.experiment.to_input
-    computes it (same float32 operations): training, OOF and test crops get the same numbers."""
-    return (x / 255.0 - mean[:, None, None]) / std[:, None, None]
-
-
 # ----------------------------------------------------------------------------- distributed training
 
 
@@ -223,7 +218,7 @@ def device_batches(batches: CropBatches, augment: BatchAugment | None,
         if augment is not None:
             xt, cond = augment(x, cond, device)
         else:
-            xt = _to_device(x, device)
+            xt = to_device(x, device)
         yield xt, cond, y
 
 
@@ -275,14 +270,6 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         worker.join()
 
 
-def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 crops (B, H, W, C) -> float (B, C, H, W) in [0, 255] on ``device``."""
-    t = torch.from_numpy(x)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    return t.permute(0, 3, 1, 2).float()
-
-
 @torch.no_grad()
 def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torch.device, mean: torch.Tensor,
                     std: torch.Tensor, channels_last: bool = False) -> np.ndarray:
@@ -291,7 +278,7 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
     model.eval()
     out = []
     for x, cond, _ in batches:
-        x = standardise(_to_device(x, device), mean, std)
+        x = standardise(to_device(x, device), mean, std)
         if channels_last and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)

@@ -3,9 +3,10 @@
 
 Each training study is placed by the localiser fold that did not see it (oof_points.csv, written by
 03_train_localizer.py), cropped like a test study, and classified by each experiment's model of the same
-fold; the ensemble blends them. Prints, per model and for the ensemble, the official score and its parts
-from localised points next to the usual OOF from annotated points, and writes
-<output-dir>/localized_oof.csv (the ensemble's rows) and localized_oof_scores.csv.
+fold (with flips when --set tta=true, as prediction would). Prints, per model, the official score from
+localised points next to the usual OOF from annotated points, each with its 95% interval, and their paired
+difference; writes <experiment>/oof_localized.csv (04_ensemble.py --set oof_file=oof_localized.csv fits on
+them) and <output-dir>/localized_oof_scores.csv. Models: --set experiments=[a,b] (default: every trained one).
 """
 
 from __future__ import annotations
@@ -15,26 +16,19 @@ from pathlib import Path
 
 from lsdc import cli
 from lsdc.inference import PredictConfig
-from lsdc.localized_oof import localized_oof
-from lsdc.pipeline import LOCALIZED_OOF_TABLE
+from lsdc.localized_oof import SCORES_CSV, cost_markdown, localized_oof
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0], default_config=None)
     parser.add_argument("--weights-dir", type=Path, default=None,
-                        help="folder with the localiser, the experiments and ensemble.json (default: --output-dir)")
+                        help="folder with the localiser and the experiments (default: --output-dir)")
     args = parser.parse_args(argv)
     cfg = cli.load_config(PredictConfig, args)
     log = cli.setup_logging(args.output_dir / "logs" / "07_localized_oof.log", args.log_level)
-    table = localized_oof(args.data_dir, args.weights_dir or args.output_dir, cfg,
-                          args.output_dir / LOCALIZED_OOF_TABLE)
-    cols = ["model"] + [f"{kind}_{k}" for k in ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal")
-                        for kind in ("localised", "annotated")]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join([str(r["model"])] + [f"{r[c]:.4f}" for c in cols[1:]]) + " |"
-              for _, r in table.iterrows()]
-    sys.stdout.write("\n".join(lines) + "\n")
-    log.info("localised OOF written to %s", args.output_dir / LOCALIZED_OOF_TABLE)
+    table = localized_oof(args.data_dir, args.weights_dir or args.output_dir, cfg, args.output_dir / SCORES_CSV)
+    sys.stdout.write(cost_markdown(table))
+    log.info("localised OOF scores written to %s", args.output_dir / SCORES_CSV)
     return 0
 
 

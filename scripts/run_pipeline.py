@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import sys
 
+import pandas as pd
+
 from lsdc import cli
+from lsdc.holdout import holdout_markdown
+from lsdc.localized_oof import cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
 
 
@@ -22,11 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     log = cli.setup_logging(args.output_dir / "logs" / "run_pipeline.log", args.log_level)
     result = run_pipeline(cfg, args.data_dir, args.output_dir)
     localised = result["oof_table"] != result["annotated_table"]
+    print("Scores are the official weighted log loss (lower is better) with 95% intervals from a paired "
+          "bootstrap over studies; 'vs best' is each row's difference to the best row on the same resamples.")
     if localised:
-        print("OOF from crops at annotated points:")
+        print("\nOOF from crops at annotated points:")
         print(result["annotated_table"].read_text())
-        print("OOF from crops at held-out localiser points (what test rows see; the ensemble is fitted on it):")
+        print("What localisation costs each model (held-out localiser points against annotated points):")
+        print(cost_markdown(pd.read_csv(result["localisation_cost"])))
+        print("OOF from crops at held-out localiser points (what test rows see; the ensemble is chosen on it):")
     print(result["oof_table"].read_text())
+    spec = result["spec"]
+    print(f"shipped: {spec.shipped}")
+    print(f"its OOF score, judged on rows it was not fitted on: {spec.nested_score['score']:.4f} "
+          f"(on the rows it was fitted on: {spec.in_sample_score['score']:.4f}, optimistic)")
+    if result["holdout"] is not None:
+        print("\nOn the labeled test studies (test_solution.csv):")
+        print(holdout_markdown(result["holdout"]))
     print("localiser, held out (annotated points):")
     print("| group | median error (mm) | slice accuracy | within 10 mm | placed |")
     print("|---|---|---|---|---|")
@@ -34,10 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {group} | {m['median_error_mm']:.2f} | {m['slice_accuracy']:.3f} | {m['within_10mm']:.3f} "
               f"| {m['located']:.3f} |")
     print(f"localiser OOF median error: {result['localizer_median_error_mm']:.2f} mm")
-    nested = result["ensemble_nested_score"]
-    print(f"ensemble OOF score ({'localised' if localised else 'annotated'} points): "
-          f"{result['ensemble_oof_score']:.4f} in sample"
-          + (f", {nested:.4f} nested (weights fitted on the other folds)" if nested is not None else ""))
     print(f"step times (s): {result['times']}")
     print("figures: " + ", ".join(str(p) for p in result["figures"]))
     print(f"submission: {result['submission']}")

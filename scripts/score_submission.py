@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Score a submission CSV with the official competition metric; print the result as JSON on stdout.
+"""Score submission CSVs with the official competition metric; print the result as JSON on stdout.
 
 The solution is a scoring-format file (row_id, normal_mild, moderate, severe, sample_weight) or a
-train.csv-shaped one. As on Kaggle, the submission must hold all 25 rows of every solution study and
-no others; rows of unlabeled cells are required but not scored. --config and --set are accepted for
-a uniform command line and not used.
+train.csv-shaped one. As on Kaggle, a submission must hold all 25 rows of every solution study and
+no others; rows of unlabeled cells are required but not scored. Each score comes with its 95% interval
+(score_lo, score_hi) from a bootstrap over the solution's studies. Several --submission: one result per
+file, keyed by its path, each with its paired difference to the best one (diff, diff_lo, diff_hi) on
+the same resampled studies. --config and --set are accepted for a uniform command line and not used.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from lsdc import cli, metric, schema
+from lsdc import bootstrap, cli, metric, schema
 
 DEFAULT_SUBMISSION = Path("submission") / "submission.csv"
 
@@ -25,21 +27,32 @@ def main(argv: list[str] | None = None) -> int:
         "--solution", type=Path, default=argparse.SUPPRESS,
         help=f"solution CSV (default: <data-dir>/{schema.TEST_SOLUTION_CSV})",
     )
-    parser.add_argument("--submission", type=Path, default=DEFAULT_SUBMISSION, help="submission CSV to score")
+    parser.add_argument("--submission", type=Path, action="append", default=None,
+                        help=f"submission CSV to score; repeat to compare several (default: {DEFAULT_SUBMISSION})")
+    parser.add_argument("--resamples", type=int, default=bootstrap.N_RESAMPLES, help="bootstrap resamples")
     args = parser.parse_args(argv)
+    paths = args.submission or [DEFAULT_SUBMISSION]
     log = cli.setup_logging(args.output_dir / "logs" / "score_submission.log", args.log_level)
 
     solution_path = getattr(args, "solution", None) or args.data_dir / schema.TEST_SOLUTION_CSV
     solution = metric.load_solution(solution_path)
-    submission = metric.read_submission(args.submission)
     studies = sorted({schema.parse_row_id(rid)[0] for rid in solution[metric.ROW_ID]})
     required = [rid for study in studies for rid in schema.study_row_ids(study)]
-    metric.validate_submission(submission, required_row_ids=required, source=str(args.submission))
-
-    result = metric.score(solution, submission)
-    log.info("scored %s against %s: %d labeled rows of %d studies",
-             args.submission, solution_path, len(solution), len(studies))
-    json.dump(result, sys.stdout)
+    submissions = {}
+    for path in paths:
+        submissions[str(path)] = metric.read_submission(path)
+        metric.validate_submission(submissions[str(path)], required_row_ids=required, source=str(path))
+    table = bootstrap.score_table(solution, submissions, n_resamples=args.resamples).set_index("model")
+    results = {}
+    for name, sub in submissions.items():
+        row = table.loc[name]
+        results[name] = {**metric.score(solution, sub), "score_lo": row.score_lo, "score_hi": row.score_hi,
+                         "n_studies": len(studies)}
+        if len(submissions) > 1:
+            results[name].update({"diff": row["diff"], "diff_lo": row.diff_lo, "diff_hi": row.diff_hi, "vs": row.vs})
+        log.info("scored %s against %s: %d labeled rows of %d studies: %.5f [%.5f, %.5f]", name, solution_path,
+                 len(solution), len(studies), results[name]["score"], row.score_lo, row.score_hi)
+    json.dump(results[str(paths[0])] if len(paths) == 1 else results, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -14,22 +14,30 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from lsdc import metric, schema
+from lsdc import bootstrap, metric, schema
 from lsdc.ensemble import (
+    FOLD_AVERAGES,
+    NESTED,
     SPEC_JSON,
     TABLE_CSV,
     TABLE_MD,
     EnsembleConfig,
+    EnsembleFit,
     EnsembleSpec,
     align_oofs,
     apply_ensemble,
+    blend_folds,
     build_ensemble,
     comparison_table,
     discover_experiments,
+    ensemble_oof_name,
     experiment_kind,
+    fit_blend,
     fit_ensemble,
     load_ensemble,
+    nested_predictions,
     save_ensemble,
+    table_markdown,
 )
 from lsdc.errors import ConfigError, DataError
 
@@ -91,28 +99,43 @@ def two_models(labels: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
+def fold_map(labels: pd.DataFrame, k: int = 5) -> dict[int, int]:
+    return {int(s): i % k for i, s in enumerate(labels.study_id)}
+
+
 @pytest.fixture(scope="module")
-def two_spec(two_models: dict[str, pd.DataFrame], labels: pd.DataFrame) -> EnsembleSpec:
-    return fit_ensemble(two_models, labels)
+def two_fit(two_models: dict[str, pd.DataFrame], labels: pd.DataFrame) -> EnsembleFit:
+    return fit_ensemble(two_models, labels, folds=fold_map(labels))
+
+
+@pytest.fixture(scope="module")
+def two_spec(two_fit: EnsembleFit) -> EnsembleSpec:
+    return two_fit.spec
 
 
 def official(labels: pd.DataFrame, frame: pd.DataFrame) -> dict[str, float]:
     return metric.score(metric.solution_from_labels(labels), frame)
 
 
-def test_ensemble_beats_every_single_model(two_spec, two_models, labels):
+def test_blend_ships_when_it_beats_every_single_model_out_of_fold(two_fit, two_models, labels):
+    spec = two_fit.spec
     singles = {m: official(labels, df)["score"] for m, df in two_models.items()}
-    assert two_spec.fallback is None
-    assert two_spec.ensemble_score["score"] < min(singles.values())
+    assert two_fit.fitted and spec.models == ["a", "b"] and spec.shipped.startswith("blend of a, b")
     for m, s in singles.items():
-        assert two_spec.oof_scores[m]["score"] == pytest.approx(s, abs=1e-12)
-    # The reported ensemble score is the official score of the blended OOF.
-    blended = apply_ensemble(two_spec, two_models)
-    assert official(labels, blended)["score"] == pytest.approx(two_spec.ensemble_score["score"], abs=1e-12)
+        assert spec.oof_scores[m]["score"] == pytest.approx(s, abs=1e-12)
+    # The reported score is the nested one: the official score of the OOF each fold got from the others' fit.
+    assert official(labels, two_fit.oof) == pytest.approx(spec.nested_score, abs=1e-12)
+    assert spec.nested_score["score"] < min(singles.values())
+    # On the rows it was fitted on the same blend looks better than out of fold.
+    blended = apply_ensemble(spec, two_models)
+    assert official(labels, blended)["score"] == pytest.approx(spec.in_sample_score["score"], abs=1e-12)
+    assert spec.in_sample_score["score"] < spec.nested_score["score"]
     # The fit's per-group objective is the official score's decomposition.
-    assert sum(two_spec.fit["group_loss"].values()) / 4 == pytest.approx(two_spec.ensemble_score["score"], abs=1e-9)
-    assert two_spec.weights[SPINAL]["a"] > two_spec.weights[SPINAL]["b"]
-    assert two_spec.weights[FORAMINAL]["b"] > two_spec.weights[FORAMINAL]["a"]
+    assert sum(spec.fit["group_loss"].values()) / 4 == pytest.approx(spec.in_sample_score["score"], abs=1e-9)
+    assert spec.weights[SPINAL]["a"] > spec.weights[SPINAL]["b"]
+    assert spec.weights[FORAMINAL]["b"] > spec.weights[FORAMINAL]["a"]
+    assert [s["accepted"] for s in spec.selection if s["accepted"]] and spec.selection[0]["models"] == [
+        min(singles, key=singles.get)]
 
 
 def test_weights_are_non_negative_and_sum_to_one(two_spec):
@@ -122,32 +145,79 @@ def test_weights_are_non_negative_and_sum_to_one(two_spec):
         assert two_spec.temperatures[group] > 0
 
 
-def test_pure_noise_model_gets_near_zero_weight(labels):
-    good = make_oof(labels, {g: 1.0 for g in schema.GROUPS}, seed=5)
-    spec = fit_ensemble({"good": good, "noise": noise_oof(labels, seed=3)}, labels)
-    for group in schema.GROUPS:
-        assert spec.weights[group]["noise"] < 0.1, (group, spec.weights[group])
-    assert spec.ensemble_score["score"] <= spec.oof_scores["good"]["score"]
+def test_pure_noise_model_gets_no_weight_and_the_score_is_nested(two_models, labels):
+    """Two good, complementary models and one of pure noise: the shipped spec blends the good ones only,
+    and the score it reports is the nested one (not the in-sample one, which is lower)."""
+    oofs = {**two_models, "noise": noise_oof(labels, seed=3)}
+    fit = fit_ensemble(oofs, labels, folds=fold_map(labels))
+    assert sorted(fit.spec.models) == ["a", "b"]
+    assert all("noise" not in w for w in fit.spec.weights.values())
+    assert fit.spec.nested_score == pytest.approx(official(labels, fit.oof), abs=1e-12)
+    assert fit.spec.nested_score["score"] > fit.spec.in_sample_score["score"]
+    assert "noise" in fit.spec.oof_scores            # it was considered, and its score is on record
 
 
-def test_temperature_fixes_an_overconfident_model(labels):
+def test_the_shipped_spec_is_not_chosen_in_sample(labels):
+    """One informative model and six of pure noise: fitted and scored on the same rows, a blend with the
+    noise looks better than the good model alone; out of fold it does not, and the good model ships alone."""
+    folds = fold_map(labels)
+    good = make_oof(labels, {SPINAL: 2.5, FORAMINAL: 2.5, SUBARTICULAR: 2.5}, seed=11, signal=1.5)
+    oofs = {"good": good, **{f"noise{k}": noise_oof(labels, seed=20 + k) for k in range(6)}}
+    in_sample = fit_blend(oofs, metric.solution_from_labels(labels))
+    blended = apply_ensemble(in_sample.spec(list(oofs)), oofs)
+    assert official(labels, blended)["score"] < official(labels, good)["score"]        # the in-sample illusion
+    fit = fit_ensemble(oofs, labels, folds=folds)
+    assert fit.spec.models == ["good"]
+    nested_all = nested_predictions(oofs, metric.solution_from_labels(labels), folds)
+    assert official(labels, nested_all)["score"] > fit.spec.nested_score["score"]
+
+
+def test_temperature_fixes_an_overconfident_model_out_of_fold(labels):
     sharp = {"sharp": make_oof(labels, {g: 1.5 for g in schema.GROUPS}, seed=4, sharpen=4.0)}
-    fitted = fit_ensemble(sharp, labels)
-    assert fitted.fallback is None
-    assert fitted.ensemble_score["score"] < fitted.oof_scores["sharp"]["score"] - 0.05
-    assert all(t > 1.0 for t in fitted.temperatures.values())
-    # Without temperatures one model cannot improve: the spec is that model, with exactly its score.
-    plain = fit_ensemble(sharp, labels, temperature=False)
-    assert plain.fallback == "sharp" and plain.temperatures == {g: 1.0 for g in schema.GROUPS}
-    assert plain.ensemble_score == plain.oof_scores["sharp"]
+    fitted = fit_ensemble(sharp, labels, folds=fold_map(labels))
+    assert fitted.fitted and fitted.spec.shipped.startswith("sharp with fitted temperatures")
+    assert fitted.spec.nested_score["score"] < fitted.spec.oof_scores["sharp"]["score"] - 0.05
+    assert all(t > 1.0 for t in fitted.spec.temperatures.values())
+    # Without temperatures one model has nothing to fit: the spec is that model, with exactly its score.
+    plain = fit_ensemble(sharp, labels, temperature=False, folds=fold_map(labels))
+    assert not plain.fitted and plain.spec.temperatures == {g: 1.0 for g in schema.GROUPS}
+    assert plain.spec.nested_score == plain.spec.oof_scores["sharp"] == plain.spec.in_sample_score
 
 
-def test_falls_back_to_the_best_model_when_blending_cannot_help(two_models, labels):
+def test_a_copy_never_helps_and_no_folds_ships_the_best_single_model(two_models, labels, caplog):
     same = {"a": two_models["a"], "a_copy": two_models["a"].copy()}
-    spec = fit_ensemble(same, labels, temperature=False)
-    assert spec.fallback in same
-    assert spec.ensemble_score == spec.oof_scores[spec.fallback]
-    assert all(spec.weights[g][spec.fallback] == 1.0 for g in schema.GROUPS)
+    spec = fit_ensemble(same, labels, temperature=False, folds=fold_map(labels)).spec
+    assert spec.models == ["a"] and spec.weights[SPINAL] == {"a": 1.0}
+    assert spec.nested_score == spec.oof_scores["a"]
+    blind = fit_ensemble(two_models, labels)            # no folds: nothing can be judged out of fold
+    assert not blind.fitted and blind.spec.models == [min(blind.spec.oof_scores,
+                                                          key=lambda m: blind.spec.oof_scores[m]["score"])]
+    assert "cannot be judged out of fold" in caplog.text
+
+
+def test_fold_averages_are_the_hand_computed_rules():
+    """Two fold models of one experiment at T = 2: 'tempered' averages the tempered folds, 'probs' tempers
+    the average, 'logits' tempers the normalised geometric mean; one fold: every rule is apply_ensemble."""
+    f0 = _frame({RID_SPINAL: (0.7, 0.2, 0.1)})
+    f1 = _frame({RID_SPINAL: (0.1, 0.3, 0.6)})
+    spec = _hand_spec({"m": 1.0}, {SPINAL: 2.0, FORAMINAL: 1.0, SUBARTICULAR: 1.0})
+
+    def t2(p):
+        q = np.sqrt(np.asarray(p))
+        return q / q.sum()
+
+    def rule(name):
+        return blend_folds(spec, {"m": [f0, f1]}, name).set_index(ROW_ID).loc[RID_SPINAL].to_numpy()
+
+    np.testing.assert_allclose(rule("tempered"), (t2([0.7, 0.2, 0.1]) + t2([0.1, 0.3, 0.6])) / 2, atol=1e-12)
+    np.testing.assert_allclose(rule("probs"), t2([0.4, 0.25, 0.35]), atol=1e-12)
+    geo = np.sqrt(np.array([0.7, 0.2, 0.1]) * np.array([0.1, 0.3, 0.6]))
+    np.testing.assert_allclose(rule("logits"), t2(geo / geo.sum()), atol=1e-12)
+    one = apply_ensemble(spec, {"m": f0}).set_index(ROW_ID).loc[RID_SPINAL].to_numpy()
+    for name in FOLD_AVERAGES:
+        np.testing.assert_allclose(blend_folds(spec, {"m": [f0]}, name).set_index(ROW_ID).loc[RID_SPINAL], one)
+    with pytest.raises(ConfigError, match="fold_average"):
+        blend_folds(spec, {"m": [f0]}, "median")
 
 
 def _hand_spec(weights: dict[str, float], temperatures: dict[str, float] | None = None) -> EnsembleSpec:
@@ -205,22 +275,34 @@ def test_align_keeps_the_shared_rows(two_models, labels, caplog):
     assert len(aligned["a"]) == len(aligned["b"]) == len(a) - 25
     assert (aligned["a"][ROW_ID].to_numpy() == aligned["b"][ROW_ID].to_numpy()).all()
     assert "25 of its" in caplog.text
-    spec = fit_ensemble({"a": a, "b": b_short}, labels)
+    spec = fit_ensemble({"a": a, "b": b_short}, labels).spec
     assert spec.fit["n_studies"] == N_STUDIES - 1
     other = b.assign(**{ROW_ID: "9" + b[ROW_ID]})
     with pytest.raises(DataError, match="share no OOF row"):
         align_oofs({"a": a, "other": other})
 
 
-def test_table_equals_the_metric_and_sklearn(two_spec, two_models, labels):
-    ens = apply_ensemble(two_spec, two_models)
-    table = comparison_table(two_models, labels, ensemble=ens, kinds={"a": "attention", "b": "densenet201"})
+def test_table_equals_the_metric_and_sklearn(two_fit, two_models, labels):
+    ens = two_fit.oof
+    table = comparison_table(two_models, labels, ensemble=ens, kinds={"a": "attention", "b": "densenet201"},
+                             shipped=NESTED)
     assert list(table.model) == sorted(table.model, key=lambda m: table.set_index("model").loc[m, "score"])
-    assert table.loc[0, "model"] == "ensemble" and bool(table.loc[0, "ensemble"])
+    assert table.loc[0, "model"] == NESTED and bool(table.loc[0, "ensemble"]) and bool(table.loc[0, "shipped"])
+    assert table.shipped.sum() == 1
+    # Intervals: paired bootstrap over the same studies, the best row is the reference.
+    expected = bootstrap.score_table(metric.solution_from_labels(labels), {**two_models, NESTED: ens})
+    got = table.set_index("model")
+    for _, row in expected.iterrows():
+        for key in ("score_lo", "score_hi", "diff", "diff_lo", "diff_hi"):
+            assert got.loc[row.model, key] == pytest.approx(row[key], abs=1e-12)
+        assert got.loc[row.model, "score_lo"] <= got.loc[row.model, "score"] <= got.loc[row.model, "score_hi"]
+    assert (table.vs == NESTED).all() and table.loc[0, "diff"] == 0.0
+    md = table_markdown(table)
+    assert f"**{NESTED}** (shipped)" in md and "[95% CI]" in md
     solution = metric.solution_from_labels(labels)
     y = solution[SEV].to_numpy().argmax(axis=1)
     conditions = solution[ROW_ID].map(lambda r: schema.parse_row_id(r)[1]).to_numpy()
-    for name, frame in {**two_models, "ensemble": ens}.items():
+    for name, frame in {**two_models, NESTED: ens}.items():
         row = table.set_index("model").loc[name]
         for key, value in official(labels, frame).items():
             assert row[key] == pytest.approx(value, abs=1e-12)
@@ -289,38 +371,27 @@ def test_ensemble_on_another_oof_file(tmp_path, two_models, labels):
         build_ensemble(out, labels, EnsembleConfig(oof_file="../x.csv"))
 
 
-def test_script_writes_table_and_spec(tmp_path, two_models, labels):
+def test_script_writes_table_spec_and_the_ensemble_oof(tmp_path, two_models, labels):
+    """With the experiments' folds file, the script chooses the blend out of fold, prints the table with its
+    intervals, and writes the nested OOF it was judged on."""
     data, out = tmp_path / "data", tmp_path / "outputs"
     data.mkdir()
     labels.to_csv(data / schema.TRAIN_CSV, index=False)
     _write_experiment(out, "attention_smoke", two_models["a"], {"name": "attention"})
     _write_experiment(out, "resnet101_smoke", two_models["b"], {"name": "resnet101"})
+    pd.DataFrame(list(fold_map(labels).items()), columns=["study_id", "fold"]).to_csv(out / "folds_5.csv", index=False)
     (out / "logs").mkdir()
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data-dir", str(data), "--output-dir", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "| **ensemble** | ensemble |" in proc.stdout
+    assert f"| **{NESTED}** (shipped) | ensemble |" in proc.stdout
     assert (out / TABLE_MD).read_text() == proc.stdout
     table = pd.read_csv(out / TABLE_CSV)
-    assert set(table.model) == {"attention_smoke", "resnet101_smoke", "ensemble"}
+    assert set(table.model) == {"attention_smoke", "resnet101_smoke", NESTED}
     spec = load_ensemble(out / SPEC_JSON)
     assert spec.models == ["attention_smoke", "resnet101_smoke"]
     assert spec.kinds == {"attention_smoke": "attention", "resnet101_smoke": "resnet101"}
-    assert math.isclose(table.set_index("model").loc["ensemble", "score"], spec.ensemble_score["score"])
+    assert math.isclose(table.set_index("model").loc[NESTED, "score"], spec.nested_score["score"])
+    nested = pd.read_csv(out / ensemble_oof_name(SPEC_JSON))
+    assert official(labels, nested)["score"] == pytest.approx(spec.nested_score["score"], abs=1e-12)
     assert (out / "logs" / "04_ensemble.log").is_file()
-
-
-def test_nested_score_judges_the_fit_out_of_fold(labels):
-    """In-sample, weights and temperatures fitted on the very rows they are scored on look better than
-    they are: with one informative model and several pure-noise ones, the nested score (each fold blended
-    with weights fitted on the other folds) is clearly worse than the in-sample one. One model without a
-    temperature has nothing to fit: both scores agree exactly."""
-    folds = {int(s): i % 5 for i, s in enumerate(labels.study_id)}
-    good = make_oof(labels, {SPINAL: 2.5, FORAMINAL: 2.5, SUBARTICULAR: 2.5}, seed=11, signal=1.5)
-    oofs = {"good": good, **{f"noise{k}": noise_oof(labels, seed=20 + k) for k in range(6)}}
-    spec = fit_ensemble(oofs, labels, folds=folds)
-    assert spec.nested_score["score"] > spec.ensemble_score["score"] + 0.005, (spec.nested_score, spec.ensemble_score)
-    alone = fit_ensemble({"good": good}, labels, temperature=False, folds=folds)
-    assert alone.nested_score["score"] == pytest.approx(alone.ensemble_score["score"], abs=1e-12)
-    table = comparison_table(oofs, labels, ensemble=apply_ensemble(spec, oofs), nested=spec.nested_score)
-    assert table.set_index("model").loc["ensemble (nested)", "score"] == spec.nested_score["score"]

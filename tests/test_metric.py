@@ -376,8 +376,26 @@ def test_script_prints_json_with_default_paths(tmp_path: Path) -> None:
     proc = run_script("--data-dir", "data", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # stdout is the JSON and nothing else
-    assert tuple(result) == metric.RESULT_KEYS
+    assert tuple(result) == (*metric.RESULT_KEYS, "score_lo", "score_hi", "n_studies")
     assert result["score"] == pytest.approx(EXPECTED_SCORE, rel=1e-12)
+    assert result["score_lo"] <= result["score"] <= result["score_hi"] and result["n_studies"] == 2
+
+
+def test_script_compares_several_submissions_paired(tmp_path: Path) -> None:
+    train, sub = example()
+    train.to_csv(tmp_path / "train.csv", index=False)
+    sub.to_csv(tmp_path / "a.csv", index=False)
+    sub.assign(**{c: 1 / 3 for c in PROBS}).to_csv(tmp_path / "uniform.csv", index=False)
+    proc = run_script("--solution", "train.csv", "--submission", "a.csv", "--submission", "uniform.csv",
+                      "--resamples", "500", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"a.csv", "uniform.csv"}
+    best = min(result, key=lambda k: result[k]["score"])
+    other = next(k for k in result if k != best)
+    assert result[best]["diff"] == 0.0 and result[other]["vs"] == best
+    assert result[other]["diff"] == pytest.approx(result[other]["score"] - result[best]["score"])
+    assert result[other]["diff_lo"] <= result[other]["diff"] <= result[other]["diff_hi"]
 
 
 def test_script_bad_file_exits_2(tmp_path: Path) -> None:

@@ -126,25 +126,29 @@ def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):
 
 def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, submission, tmp_path):
     """Localised OOF: the annotated column is the experiment's own OOF score on the same studies, the
-    localised one comes from held-out localiser points and still beats the class prior clearly."""
+    localised one comes from held-out localiser points and still beats the class prior clearly; both with
+    intervals around them, and the cost of localisation is their paired difference."""
     name = smoke_run["cfg"].experiment
     table = localized_oof(smoke_run["data"], smoke_run["out"], PredictConfig(localizer=smoke_localizer["name"]),
-                          tmp_path / "localized_oof.csv", show_progress=False).set_index("model")
-    assert set(table.index) == {name, "ensemble"}
+                          tmp_path / "localized_oof_scores.csv", show_progress=False).set_index("model")
+    assert list(table.index) == [name]
     points = pd.read_csv(smoke_run["out"] / smoke_localizer["name"] / "oof_points.csv")
     labels = load_train_labels(smoke_run["data"])
     labels = labels[labels.study_id.isin(points.study_id.unique())]
     solution = solution_from_labels(labels)
     oof = pd.read_csv(smoke_run["out"] / name / "oof.csv")
-    assert table.loc[name, "annotated_score"] == pytest.approx(score(solution, oof)["score"], abs=1e-9)
-    written = pd.read_csv(tmp_path / "localized_oof.csv")
-    assert len(written) == 25 * labels.study_id.nunique()
-    assert table.loc["ensemble", "localised_score"] == pytest.approx(score(solution, written)["score"], abs=1e-9)
-    prior = fill_with_prior(written.row_id.tolist(), None,
-                            prior_probabilities(load_train_labels(smoke_run["data"])))
-    assert table.loc[name, "localised_score"] < score(solution, prior)["score"] - 0.1, table.loc[name]
+    row = table.loc[name]
+    assert row.annotated_score == pytest.approx(score(solution, oof)["score"], abs=1e-9)
     own = pd.read_csv(smoke_run["out"] / name / "oof_localized.csv")  # what 04_ensemble can fit on
-    assert table.loc[name, "localised_score"] == pytest.approx(score(solution, own)["score"], abs=1e-9)
+    assert len(own) == 25 * labels.study_id.nunique()
+    assert row.localised_score == pytest.approx(score(solution, own)["score"], abs=1e-9)
+    prior = fill_with_prior(own.row_id.tolist(), None, prior_probabilities(load_train_labels(smoke_run["data"])))
+    assert row.localised_score < score(solution, prior)["score"] - 0.1, row
+    assert row.cost == pytest.approx(row.localised_score - row.annotated_score, abs=1e-12)
+    for kind in ("localised", "annotated"):
+        assert row[f"{kind}_lo"] < row[f"{kind}_score"] < row[f"{kind}_hi"]
+    assert row.cost_lo <= row.cost <= row.cost_hi
+    assert pd.read_csv(tmp_path / "localized_oof_scores.csv").model.tolist() == [name]
 
 
 def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, tmp_path, caplog):
@@ -189,7 +193,8 @@ def test_out_of_fold_predictions_are_what_inference_gives(smoke_run):
         for r in val.itertuples(index=False):
             crop = load_crop(crops_dir / r.path, smoke_run["cfg"].crops.n_slices)
             probs = classify(held_out, {(r.condition, r.level): crop}, torch.device("cpu"), False, 8)
-            np.testing.assert_allclose(probs[(r.condition, r.level)], [r.normal_mild, r.moderate, r.severe],
+            assert list(probs) == [fold]
+            np.testing.assert_allclose(probs[fold][(r.condition, r.level)], [r.normal_mild, r.moderate, r.severe],
                                        atol=2e-6)
 
 

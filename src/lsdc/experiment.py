@@ -5,10 +5,12 @@ An experiment folder (``outputs/<experiment>/``) holds::
     config.yaml              the ExperimentConfig that made it
     fold<k>/best.pt          weights + config + this fold's normalisation statistics
     fold<k>/last.pt          resume state of an unfinished fold (removed when it finishes)
-    fold<k>/epochs.csv       per-epoch losses; fold<k>/metrics.json; fold<k>/val_preds.csv
+    fold<k>/epochs.csv       per-epoch losses and scores (validation studies, held-out fold); fold<k>/metrics.json
+    fold<k>/val_preds.csv    the held-out fold's predictions by the checkpoint the validation studies chose
     oof.csv | oof_paper.csv  out-of-fold predictions (competition task: submission format)
     metrics.json             the run's summary; prior.json: the training prior per group
     oof_localized.csv        OOF from crops at held-out localiser points (lsdc.localized_oof)
+    oof_fold_selected.csv    the OOF had each held-out fold chosen its own checkpoint (optimistic; for comparison)
 
 It also holds the model output contract: one network for all five conditions outputs ``5 x K`` logits
 and the crop's condition picks its ``K`` (K = 3 severities, or 2 for the paper's binary task).
@@ -48,6 +50,10 @@ BEST_PT = "best.pt"
 LAST_PT = "last.pt"
 EPOCHS_CSV = "epochs.csv"
 VAL_PREDS_CSV = "val_preds.csv"
+# The held-out fold's predictions at the epoch its own loss was lowest, and the OOF they make: what the OOF
+# would be if the held-out fold chose the checkpoint (val_share=0), from the same run, to show the optimism.
+FOLD_SELECTED_PREDS_CSV = "val_preds_fold_selected.csv"
+FOLD_SELECTED_OOF_CSV = "oof_fold_selected.csv"
 PROB_FLOOR = 1e-7   # no submitted probability is lower: one confident mistake costs at most ~16 nats
 
 N_CONDITIONS = len(schema.CONDITIONS)
@@ -72,7 +78,11 @@ class TrainConfig:
     lr: float = 1e-3                       # paper: Adam, 1e-3
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
-    patience: int = 5                      # early stopping on the held-out fold's loss
+    patience: int = 5                      # early stopping on the validation studies' loss
+    # Share of each fold's training studies set apart (by study, seeded) to choose the epoch: early stopping
+    # and the checkpoint follow their loss, so the held-out fold that scores the OOF never chooses it.
+    # 0: choose on the held-out fold itself (the OOF is then optimistic; the old behaviour).
+    val_share: float = 0.15
     class_weights: tuple[float, float, float] = (1.0, 2.0, 4.0)   # competition task: as the metric
     augment: bool = True
     scale: tuple[float, float] = (0.8, 1.2)
@@ -285,6 +295,23 @@ def prior_probabilities(train: pd.DataFrame) -> dict[str, np.ndarray]:
         sev = long[long.col.map(schema.group_of_column) == group].sev.map(schema.SEVERITY_INDEX)
         mass = (np.bincount(sev, minlength=3).astype(float) + 1.0) * np.asarray(schema.SEVERITY_WEIGHTS)
         out[group] = mass / mass.sum()
+    return out
+
+
+def fill_out_of_fold(row_ids: list[str], preds: pd.DataFrame | None, train: pd.DataFrame, folds: pd.DataFrame
+                     ) -> pd.DataFrame:
+    """:func:`fill_with_prior` for out-of-fold rows: each fold's rows without a prediction get the prior of
+    the other folds' labels, never one that saw the held-out labels. ``folds``: study_id, fold; rows of
+    studies without a fold get the prior of all labels."""
+    fold_of = folds.set_index("study_id").fold
+    study = pd.Series([int(r.split("_", 1)[0]) for r in row_ids])
+    row_fold = study.map(fold_of).fillna(-1).astype(int).to_numpy()
+    parts = []
+    for fold in np.unique(row_fold):
+        ids = [r for r, f in zip(row_ids, row_fold) if f == fold]
+        held = set(fold_of.index[fold_of == fold]) if fold >= 0 else set()
+        parts.append(fill_with_prior(ids, preds, prior_probabilities(train[~train.study_id.isin(held)])))
+    out = pd.concat(parts).set_index("row_id").loc[row_ids].reset_index()
     return out
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from lsdc import schema
 from lsdc.crops import CropRequest, crop_study
 from lsdc.data import images_dir, load_series_descriptions, load_study_series, submission_row_ids
 from lsdc.dicom import Series
-from lsdc.ensemble import SPEC_JSON, EnsembleSpec, apply_ensemble, equal_spec, load_ensemble
+from lsdc.ensemble import SPEC_JSON, EnsembleSpec, blend_folds, equal_spec, load_ensemble
 from lsdc.errors import DataError
 from lsdc.experiment import (
     BEST_PT,
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_JSON = "manifest.json"   # written by lsdc.pack: what a Kaggle pack holds
 REPORT_CSV = "predict_report.csv"
+FOLD_PREDICTIONS_CSV = "fold_predictions.csv"   # every fold model's test predictions (predict.fold_predictions)
 Crops = dict[tuple[str, str], np.ndarray]
 
 
@@ -62,6 +63,13 @@ class PredictConfig:
     experiments: list[str] = field(default_factory=list)   # only these (default: the ensemble's models, or
     #                                                        the only trained experiment there)
     tta: bool = False                     # average with vertically flipped crops
+    # How each experiment's fold models are combined before the blend (lsdc.ensemble.FOLD_AVERAGES):
+    # "tempered" averages the folds after the spec's temperatures, which is the average of what the spec
+    # was fitted on (one fold model per OOF row); "probs" tempers the average; "logits" the geometric mean.
+    fold_average: Literal["tempered", "probs", "logits"] = "tempered"
+    # Also write every fold model's test predictions (fold_predictions.csv beside the submission), e.g. to
+    # compare the fold averages or the single models on labeled test studies.
+    fold_predictions: bool = False
     device: str = "auto"
     batch_size: int = 64
     # A study that cannot be read still gets all its rows (prior where no model ran); when more than this
@@ -116,8 +124,10 @@ def experiment_folders(weights_dir: Path, models: dict[str, ExperimentModels]) -
 
 @torch.no_grad()
 def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: bool, batch_size: int
-             ) -> dict[tuple[str, str], np.ndarray]:
-    """Mean softmax over folds (and flips) of each crop's own condition: (condition, level) -> (3,).
+             ) -> dict[int, dict[tuple[str, str], np.ndarray]]:
+    """Per fold model, the softmax of each crop's own condition (mean over the flips with ``tta``):
+    fold -> (condition, level) -> (3,). The folds are combined later, with the ensemble's temperatures
+    (:func:`lsdc.ensemble.blend_folds`).
 
     Each fold model sees the crops standardised with the statistics it was trained with.
     """
@@ -126,17 +136,18 @@ def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: 
         return {}
     stacked = np.stack([crops[k] for k in keys])
     cond = torch.tensor([COND_INDEX[c] for c, _ in keys])
-    total = torch.zeros(len(keys), 3)
-    n_views = 2 if tta else 1
+    out = {}
     for fm in models.folds:
         x = to_input(stacked, fm.mean, fm.std)
         views = [x, torch.flip(x, dims=[2])] if tta else [x]
+        total = torch.zeros(len(keys), 3)
         for v in views:
             for s in range(0, len(keys), batch_size):
                 logits = fm.model(v[s:s + batch_size].to(device)).float().cpu()
                 total[s:s + batch_size] += torch.softmax(select_logits(logits, cond[s:s + batch_size], 3), 1)
-    total /= len(models.folds) * n_views
-    return {k: total[i].numpy() for i, k in enumerate(keys)}
+        total /= len(views)
+        out[fm.fold] = {k: total[i].numpy() for i, k in enumerate(keys)}
+    return out
 
 
 def crops_per_model(study_dir: Path, requests: list[CropRequest], models: dict[str, ExperimentModels],
@@ -156,6 +167,30 @@ def prediction_rows(study_id: int, probs: dict[tuple[str, str], np.ndarray]) -> 
     """Submission rows of one study's classified cells."""
     return [{"row_id": schema.row_id(study_id, cond, level), **dict(zip(schema.SEVERITY_COLUMNS, p.tolist()))}
             for (cond, level), p in probs.items()]
+
+
+FoldRows = dict[str, dict[int, list[dict[str, Any]]]]   # model -> fold -> submission rows
+
+
+def add_fold_rows(rows: FoldRows, name: str, study_id: int, probs: dict[int, dict[tuple[str, str], np.ndarray]]
+                  ) -> None:
+    """Append one study's per-fold predictions (:func:`classify`) of model ``name`` to ``rows``."""
+    for fold, cells in probs.items():
+        rows.setdefault(name, {}).setdefault(fold, []).extend(prediction_rows(study_id, cells))
+
+
+def fold_frames(rows: FoldRows) -> dict[str, list[pd.DataFrame]]:
+    """Model -> one submission-format frame per fold model (folds in order)."""
+    return {n: [pd.DataFrame(r, columns=list(schema.SUBMISSION_COLUMNS)) for _, r in sorted(folds.items())]
+            for n, folds in rows.items() if folds}
+
+
+def fold_table(rows: FoldRows) -> pd.DataFrame:
+    """Every fold model's predictions in one long frame: model, fold, row_id, probabilities."""
+    parts = [pd.DataFrame(r, columns=list(schema.SUBMISSION_COLUMNS)).assign(model=n, fold=f)
+             for n, folds in rows.items() for f, r in sorted(folds.items())]
+    cols = ["model", "fold", *schema.SUBMISSION_COLUMNS]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def localizer_folder(weights_dir: Path, name: str) -> Path:
@@ -189,7 +224,7 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
     row_ids = submission_row_ids(data_dir)
     series = load_series_descriptions(data_dir, "test")
     studies = list(dict.fromkeys(schema.parse_row_id(r)[0] for r in row_ids))
-    per_model: dict[str, list[dict[str, Any]]] = {n: [] for n in models}
+    per_fold: FoldRows = {}
     report: list[dict[str, Any]] = []
     for sid in progress(studies, "predict", enabled=show_progress):
         study_dir = images_dir(data_dir, "test") / str(sid)
@@ -199,7 +234,7 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
             cache = {int(s.series_id): s for lst in found.values() for s in lst}
             crops = crops_per_model(study_dir, requests, models, cache)
             for name, m in models.items():
-                per_model[name] += prediction_rows(sid, classify(m, crops[name], device, cfg.tta, cfg.batch_size))
+                add_fold_rows(per_fold, name, sid, classify(m, crops[name], device, cfg.tta, cfg.batch_size))
             n_placed = len({(r.condition, r.level) for r in requests})
             missing = sorted(set(schema.SERIES_DESCRIPTIONS) - set(found))
             if n_placed < len(schema.LABEL_COLUMNS) or missing:
@@ -212,13 +247,14 @@ def predict_submission(data_dir: str | Path, weights_dir: str | Path, out_path: 
                         sid, type(exc).__name__, exc)
             report.append({"study_id": sid, "cells_localised": 0, "missing_series": "", "error": str(exc)})
     check_failures(report, cfg.max_failed_share)
-    frames = {n: pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS)) for n, rows in per_model.items()}
-    frames = {n: f for n, f in frames.items() if len(f)}
-    blended = apply_ensemble(spec, frames) if frames else None
+    frames = fold_frames(per_fold)
+    blended = blend_folds(spec, frames, cfg.fold_average) if frames else None
     sub = fill_with_prior(row_ids, blended, prior)
     validate_submission(sub, required_row_ids=row_ids)
     write_csv(sub, out_path)
     write_csv(pd.DataFrame(report), out_path.with_name(REPORT_CSV))
+    if cfg.fold_predictions:
+        write_csv(fold_table(per_fold), out_path.with_name(FOLD_PREDICTIONS_CSV))
     write_stamp(out_path, inputs)
     log.info("wrote %s: %d rows, %d studies in %.1f s", out_path, len(sub), len(studies), time.perf_counter() - t0)
     return sub

@@ -2,7 +2,8 @@
 
 The localiser's held-out requests (``oof_points.csv``: each training study placed by the fold model that
 did not see it) are cropped like test studies and classified by each experiment's model of the same
-fold, then blended by the ensemble. Needs the localiser and the experiments on the same folds.
+fold, with the test-time flips when prediction uses them (``tta``). Needs the localiser and the experiments
+on the same folds. Cells without a crop get the prior of the other folds' labels.
 """
 
 from __future__ import annotations
@@ -14,26 +15,31 @@ from typing import Any
 
 import pandas as pd
 
-from lsdc import schema
+from lsdc import bootstrap, schema
 from lsdc.crops import CropRequest
 from lsdc.data import images_dir, load_train_labels
-from lsdc.ensemble import apply_ensemble
 from lsdc.errors import DataError
-from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, fill_with_prior, load_prior, resolve_device
+from lsdc.experiment import (
+    BEST_PT,
+    LOCALIZED_OOF_CSV,
+    OOF_CSV,
+    fill_out_of_fold,
+    load_experiment_models,
+    resolve_device,
+)
 from lsdc.folds import load_folds
 from lsdc.inference import (
+    FoldRows,
     PredictConfig,
+    add_fold_rows,
     classify,
     crops_per_model,
-    experiment_folders,
-    load_ensemble_models,
     localizer_folder,
-    prediction_rows,
-    weights_state,
+    trained_experiments,
 )
 from lsdc.io import read_csv_checked, write_csv
 from lsdc.localize import OOF_POINTS_CSV
-from lsdc.metric import score, solution_from_labels
+from lsdc.metric import solution_from_labels
 from lsdc.progress import progress
 from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
@@ -43,41 +49,50 @@ SCORES_CSV = "localized_oof_scores.csv"
 POINT_COLUMNS = ("study_id", "condition", "level", "series_id", "instance_number", "x", "y", "fold")
 
 
+def experiment_state(folder: Path) -> list[dict[str, Any]]:
+    """What an experiment's localised OOF is made from: its fold checkpoints and its annotated OOF."""
+    return [file_state(f) for f in sorted(folder.glob(f"fold*/{BEST_PT}"))] + [file_state(folder / OOF_CSV)]
+
+
 def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictConfig,
                   out_path: str | Path | None = None, show_progress: bool = True) -> pd.DataFrame:
-    """Per model (and the ensemble) the official score and its parts from localised points, next to
-    the same from annotated points (``oof.csv``), on the same studies.
+    """Per model, the official score from localised points next to the same from annotated points
+    (``oof.csv``) on the same studies, each with its 95% interval, and the paired difference (what
+    localisation costs the model) with its interval.
 
-    Rows the localiser placed no crop for get the training prior, as at test time. Each experiment's
-    localised OOF is written to ``<experiment>/oof_localized.csv`` (04_ensemble.py can fit on it with
-    ``--set oof_file=oof_localized.csv``); with ``out_path``, the ensemble's rows and the score table
-    (``localized_oof_scores.csv`` beside it) too.
+    The models are ``cfg.experiments`` (default: every trained competition experiment in ``weights_dir``).
+    Each experiment's localised OOF is written to ``<experiment>/oof_localized.csv`` (04_ensemble.py fits
+    on it with ``--set oof_file=oof_localized.csv``); with ``out_path``, the score table too.
     """
     data_dir, weights_dir = Path(data_dir), Path(weights_dir)
     loc_dir = localizer_folder(weights_dir, cfg.localizer)
-    inputs = {"config": dataclasses.asdict(cfg), "weights": weights_state(weights_dir, loc_dir, cfg),
+    names = list(cfg.experiments) or trained_experiments(weights_dir)
+    if not names:
+        raise DataError(f"no trained experiment in {weights_dir}: run scripts/02_train.py first")
+    inputs = {"config": dataclasses.asdict(cfg), "localizer": [file_state(f) for f in sorted(loc_dir.glob("*"))
+                                                               if f.is_file()],
+              "experiments": {n: experiment_state(weights_dir / n) for n in names},
               "points": file_state(loc_dir / OOF_POINTS_CSV), "labels": file_state(data_dir / schema.TRAIN_CSV),
               "images": tree_state(images_dir(data_dir, "train"))}
-    scores_path = None if out_path is None else Path(out_path).with_name(SCORES_CSV)
-    if out_path is not None and is_current(out_path, inputs) and scores_path.is_file():
+    if out_path is not None and is_current(out_path, inputs):
         log.info("%s is up to date (same localiser, models and settings)", out_path)
-        return pd.read_csv(scores_path)
+        return pd.read_csv(out_path)
     device = resolve_device(cfg.device)
     points = read_csv_checked(loc_dir / OOF_POINTS_CSV, POINT_COLUMNS, "retrain the localiser with this version")
-    spec, models = load_ensemble_models(weights_dir, cfg, device)
-    folders = dict(zip(models, experiment_folders(weights_dir, models)))
+    models = {n: load_experiment_models(weights_dir / n, device) for n in names}
     fold_of = points.drop_duplicates("study_id").set_index("study_id").fold
+    folds = None
     for name, m in models.items():
-        split = load_folds(weights_dir, m.cfg.folds.n_folds).set_index("study_id").fold.reindex(fold_of.index)
+        folds = load_folds(weights_dir, m.cfg.folds.n_folds)
+        split = folds.set_index("study_id").fold.reindex(fold_of.index)
         if split.isna().any() or not (split.to_numpy() == fold_of.to_numpy()).all():
             raise DataError(f"{name} was trained on other folds than the localiser ({m.cfg.folds.n_folds} folds); "
                             "localised OOF needs both on the same folds_<k>.csv")
-    prior = load_prior(list(folders.values()))
     requests_of: dict[int, list[CropRequest]] = {}
     for r in points.dropna(subset=["series_id"]).itertuples(index=False):
         requests_of.setdefault(int(r.study_id), []).append(
             CropRequest(r.condition, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y)))
-    per_model: dict[str, list[dict[str, Any]]] = {n: [] for n in models}
+    per_fold: FoldRows = {}
     studies = fold_of.index.tolist()
     for sid in progress(studies, "localised oof", enabled=show_progress):
         fold = int(fold_of[sid])
@@ -86,28 +101,55 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
         for name, m in models.items():
             held_out = m.only_fold(fold)
             if held_out is not None:
-                per_model[name] += prediction_rows(int(sid), classify(held_out, crops[name], device, cfg.tta,
-                                                                      cfg.batch_size))
+                add_fold_rows(per_fold, name, int(sid), classify(held_out, crops[name], device, cfg.tta,
+                                                                 cfg.batch_size))
     row_ids = [r for sid in studies for r in schema.study_row_ids(int(sid))]
-    frames = {n: pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS)) for n, rows in per_model.items()}
     labels = load_train_labels(data_dir)
     solution = solution_from_labels(labels[labels.study_id.isin(studies)])
-    subs = {n: fill_with_prior(row_ids, f, prior) for n, f in frames.items()}
-    for n, sub in subs.items():
-        write_csv(sub, folders[n] / LOCALIZED_OOF_CSV)
-    covered = {n: f for n, f in frames.items() if len(f)}
-    subs["ensemble"] = fill_with_prior(row_ids, apply_ensemble(spec, covered) if covered else None, prior)
-    annotated = {n: read_csv_checked(folders[n] / OOF_CSV, schema.SUBMISSION_COLUMNS) for n in models}
-    annotated["ensemble"] = apply_ensemble(spec, annotated)
-    rows = []
-    for n, sub in subs.items():
-        loc = score(solution, sub)
-        ann = score(solution, fill_with_prior(row_ids, annotated[n], prior))
-        rows.append({"model": n, **{f"localised_{k}": v for k, v in loc.items()},
-                     **{f"annotated_{k}": v for k, v in ann.items()}})
-    table = pd.DataFrame(rows)
+    localised, annotated = {}, {}
+    for n in names:
+        rows = [r for fold_rows in per_fold.get(n, {}).values() for r in fold_rows]
+        frame = pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS))
+        localised[n] = fill_out_of_fold(row_ids, frame, labels, folds)
+        write_csv(localised[n], weights_dir / n / LOCALIZED_OOF_CSV)
+        annotated[n] = read_csv_checked(weights_dir / n / OOF_CSV, schema.SUBMISSION_COLUMNS)
+    table = localisation_cost(solution, localised, annotated)
     if out_path is not None:
-        write_csv(subs["ensemble"], out_path)
-        write_csv(table, scores_path)
+        write_csv(table, out_path)
         write_stamp(out_path, inputs)
     return table
+
+
+def localisation_cost(solution: pd.DataFrame, localised: dict[str, pd.DataFrame],
+                      annotated: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model: the score at localised and at annotated points with their intervals, and the paired
+    difference localised minus annotated (what the localiser costs the model) with its interval, all on
+    the same resampled studies."""
+    frames = {**{("localised", n): f for n, f in localised.items()},
+              **{("annotated", n): f for n, f in annotated.items()}}
+    keys = list(frames)
+    names = {k: f"{k[0]}|{k[1]}" for k in keys}
+    table = bootstrap.score_table(solution, {names[k]: frames[k] for k in keys}).set_index("model")
+    costs = {n: bootstrap.score_table(solution, {"l": localised[n], "a": annotated[n]}, reference="a")
+             .set_index("model").loc["l"] for n in localised}
+    rows = []
+    for n in localised:
+        row: dict[str, Any] = {"model": n}
+        for kind in ("localised", "annotated"):
+            t = table.loc[names[(kind, n)]]
+            row.update({f"{kind}_score": t.score, f"{kind}_lo": t.score_lo, f"{kind}_hi": t.score_hi})
+        c = costs[n]
+        row.update({"cost": c["diff"], "cost_lo": c.diff_lo, "cost_hi": c.diff_hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cost_markdown(table: pd.DataFrame) -> str:
+    """:func:`localisation_cost` as markdown."""
+    lines = ["| model | at localised points [95% CI] | at annotated points [95% CI] | "
+             "localised - annotated [95% CI] |", "|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r.model} | {bootstrap.format_interval(r.localised_score, r.localised_lo, r.localised_hi, 4)}"
+                     f" | {bootstrap.format_interval(r.annotated_score, r.annotated_lo, r.annotated_hi, 4)}"
+                     f" | {bootstrap.format_interval(r.cost, r.cost_lo, r.cost_hi, 4, signed=True)} |")
+    return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ GROUP_KEYS: tuple[str, ...] = schema.GROUPS
 SPINAL_GROUP: str = next(info.group for info in schema.CONDITION_INFO.values() if info.side is None)
 ANY_SEVERE_KEY = f"any_severe_{SPINAL_GROUP}"
 SCORE_KEY = "score"
-RESULT_KEYS: tuple[str, ...] = (*GROUP_KEYS, ANY_SEVERE_KEY, SCORE_KEY)
+TERM_KEYS: tuple[str, ...] = (*GROUP_KEYS, ANY_SEVERE_KEY)   # the four averaged terms
+RESULT_KEYS: tuple[str, ...] = (*TERM_KEYS, SCORE_KEY)
 
 # sklearn's log_loss (the official metric calls it with its default) clips to the machine epsilon of
 # the prediction dtype: eps="auto" in sklearn 1.2-1.4, the only behaviour from 1.5 on. Float64 here.
@@ -255,30 +257,36 @@ def validate_submission(
             raise DataError(f"{source}: {len(surplus)} unexpected row(s): {_preview(surplus)}")
 
 
-def _weighted_nll(onehot: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+def _nll(onehot: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """-ln p_i[y_i] per row, with probabilities clipped as sklearn clips them."""
+    return -(onehot * np.log(np.clip(probs, EPS, 1.0 - EPS))).sum(axis=1)
+
+
+def weighted_nll(onehot: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
     """sum_i w_i * -ln p_i[y_i] / sum_i w_i, with probabilities clipped as sklearn does."""
-    clipped = np.clip(probs, EPS, 1.0 - EPS)
-    per_row = -(onehot * np.log(clipped)).sum(axis=1)
-    return float((weights * per_row).sum() / weights.sum())
+    return float((weights * _nll(onehot, probs)).sum() / weights.sum())
 
 
-def score(
-    solution: pd.DataFrame,
-    submission: pd.DataFrame,
-    any_severe_scalar: float = 1.0,
-) -> dict[str, float]:
-    """The official metric and its parts, keyed by :data:`RESULT_KEYS`.
+@dataclass(frozen=True)
+class StudyTerms:
+    """Each study's share of the score: per term (:data:`TERM_KEYS`), the sum of its rows' weighted losses
+    and of their weights. A term is ``sum(loss) / sum(weight)`` over studies, so any resample of studies is
+    scored from these sums alone (:func:`scores_from_sums`; :mod:`lsdc.bootstrap`)."""
 
-    ``solution`` may be in the scoring format or train.csv-shaped. The submission must cover every
-    solution row; its other rows (unlabeled cells, other studies) are ignored.
-    """
-    if not (math.isfinite(any_severe_scalar) and any_severe_scalar >= 0):
-        raise ValueError(f"any_severe_scalar must be finite and >= 0, got {any_severe_scalar}")
+    study_ids: np.ndarray   # (S,) sorted
+    loss: np.ndarray        # (S, 4) sum_i w_i * -ln p_i[y_i] over the study's rows of each term
+    weight: np.ndarray      # (S, 4) sum_i w_i over the same rows
+
+
+def study_terms(solution: pd.DataFrame, submission: pd.DataFrame) -> StudyTerms:
+    """The metric's terms of every study, from a solution (scoring format or train.csv-shaped) and a
+    submission covering its rows (other rows ignored); rows normalised to sum to 1, then clipped as sklearn
+    clips. ``any_severe_spinal`` is one binary row per study with scored spinal rows: label and prediction
+    are the maxima of its rows' severe label and probability, weighted by the largest row weight."""
     sol = _as_solution(solution, "solution")
     validate_submission(submission)
     sol_ids = sol[ROW_ID]
     studies, groups = _parse_row_ids(sol_ids, "solution")
-
     sub = submission.set_index(ROW_ID)
     absent = sol_ids[~sol_ids.isin(sub.index)]
     if len(absent):
@@ -291,33 +299,59 @@ def score(
     onehot = sol[list(schema.SEVERITY_COLUMNS)].to_numpy(dtype=np.float64)
     weights = sol[SAMPLE_WEIGHT].to_numpy(dtype=np.float64)
 
-    result: dict[str, float] = {}
-    for group in GROUP_KEYS:
+    study_ids, study_of = np.unique(studies, return_inverse=True)
+    n = len(study_ids)
+    loss = np.zeros((n, len(TERM_KEYS)))
+    weight = np.zeros((n, len(TERM_KEYS)))
+    row_loss = weights * _nll(onehot, probs)
+    for k, group in enumerate(GROUP_KEYS):
         mask = groups == group
-        if not mask.any():
-            raise DataError(f"solution: no scored {group} rows, so the {group} loss is undefined")
-        result[group] = _weighted_nll(onehot[mask], probs[mask], weights[mask])
+        loss[:, k] = np.bincount(study_of[mask], row_loss[mask], minlength=n)
+        weight[:, k] = np.bincount(study_of[mask], weights[mask], minlength=n)
 
     severe = schema.SEVERITY_COLUMNS.index(SEVERE_COLUMN)
-    spinal = groups == SPINAL_GROUP
-    per_study = (
-        pd.DataFrame(
-            {
-                STUDY_ID: studies[spinal],
-                "label": onehot[spinal, severe],
-                "weight": weights[spinal],
-                "pred": probs[spinal, severe],
-            }
-        )
-        .groupby(STUDY_ID, sort=True)
-        .max()
-    )
-    pred = per_study["pred"].to_numpy()
-    label = per_study["label"].to_numpy()
-    binary_probs = np.column_stack([1.0 - pred, pred])
-    binary_onehot = np.column_stack([1.0 - label, label])
-    result[ANY_SEVERE_KEY] = _weighted_nll(binary_onehot, binary_probs, per_study["weight"].to_numpy())
+    spinal = np.flatnonzero(groups == SPINAL_GROUP)
+    has = np.zeros(n, dtype=bool)
+    has[study_of[spinal]] = True
+    label, pred, w = (np.zeros(n) for _ in range(3))
+    np.maximum.at(label, study_of[spinal], onehot[spinal, severe])
+    np.maximum.at(pred, study_of[spinal], probs[spinal, severe])
+    np.maximum.at(w, study_of[spinal], weights[spinal])
+    binary = _nll(np.column_stack([1.0 - label, label]), np.column_stack([1.0 - pred, pred]))
+    k = len(GROUP_KEYS)
+    loss[:, k] = np.where(has, w * binary, 0.0)
+    weight[:, k] = np.where(has, w, 0.0)
+    return StudyTerms(study_ids, loss, weight)
 
-    total = sum(result[g] for g in GROUP_KEYS) + any_severe_scalar * result[ANY_SEVERE_KEY]
-    result[SCORE_KEY] = float(total / (len(GROUP_KEYS) + any_severe_scalar))
-    return result
+
+def scores_from_sums(loss: np.ndarray, weight: np.ndarray, any_severe_scalar: float = 1.0) -> np.ndarray:
+    """The terms and the score from summed study terms: ``(..., 4)`` loss and weight sums -> ``(..., 5)``
+    values in :data:`RESULT_KEYS` order (NaN for a term without weight)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        terms = np.where(weight > 0, loss / np.where(weight > 0, weight, 1.0), np.nan)
+    k = len(GROUP_KEYS)
+    total = terms[..., :k].sum(axis=-1) + any_severe_scalar * terms[..., k]
+    return np.concatenate([terms, (total / (k + any_severe_scalar))[..., None]], axis=-1)
+
+
+def score(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    any_severe_scalar: float = 1.0,
+) -> dict[str, float]:
+    """The official metric and its parts, keyed by :data:`RESULT_KEYS`.
+
+    ``solution`` may be in the scoring format or train.csv-shaped. The submission must cover every
+    solution row; its other rows (unlabeled cells, other studies) are ignored. Per group
+    ``sum_i w_i * -ln p_i[y_i] / sum_i w_i``, plus ``any_severe_spinal`` (:func:`study_terms`); the score is
+    their weighted mean (weights 1, 1, 1 and ``any_severe_scalar``).
+    """
+    if not (math.isfinite(any_severe_scalar) and any_severe_scalar >= 0):
+        raise ValueError(f"any_severe_scalar must be finite and >= 0, got {any_severe_scalar}")
+    terms = study_terms(solution, submission)
+    weight = terms.weight.sum(axis=0)
+    for k, group in enumerate(GROUP_KEYS):
+        if weight[k] <= 0:
+            raise DataError(f"solution: no scored {group} rows, so the {group} loss is undefined")
+    values = scores_from_sums(terms.loss.sum(axis=0), weight, any_severe_scalar)
+    return {key: float(v) for key, v in zip(RESULT_KEYS, values)}

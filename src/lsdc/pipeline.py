@@ -17,17 +17,19 @@ from lsdc.crops import prepare
 from lsdc.data import load_train_labels
 from lsdc.ensemble import EnsembleConfig, build_ensemble, table_names
 from lsdc.errors import ConfigError
-from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, ExperimentConfig
+from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, ExperimentConfig, load_prior
 from lsdc.folds import prepare_folds
-from lsdc.inference import PredictConfig, predict_submission
+from lsdc.holdout import read_holdout
+from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
+from lsdc.io import write_csv
 from lsdc.localize import LocalizerExperiment, train_localizer
-from lsdc.localized_oof import localized_oof
+from lsdc.localized_oof import SCORES_CSV, localized_oof
 from lsdc.report.runs import draw_run_figures
 from lsdc.synthetic import SyntheticConfig, generate
 from lsdc.train import train_experiment, train_on_devices
 
 log = logging.getLogger(__name__)
-LOCALIZED_OOF_TABLE = "localized_oof.csv"
+HOLDOUT_CSV = "holdout_scores.csv"   # the submission, each model and fold average on labeled test studies
 ANNOTATED_SPEC_JSON = "ensemble_annotated.json"   # the blend fitted on annotated-point OOF, for comparison
 
 
@@ -110,21 +112,26 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     s = time.perf_counter()
     names = [e.experiment for e in experiments]
     labels = load_train_labels(data_dir)
-    pcfg = dataclasses.replace(cfg.predict, localizer=cfg.predict.localizer or loc.name)
+    labeled_test = (data_dir / schema.TEST_SOLUTION_CSV).is_file()
+    pcfg = dataclasses.replace(cfg.predict, localizer=cfg.predict.localizer or loc.name,
+                               fold_predictions=cfg.predict.fold_predictions or labeled_test)
     localized = cfg.ensemble_on == "localized"
     if localized and any(e.folds.n_folds != loc.folds.n_folds for e in experiments):
         log.warning("the localiser (%d folds) and the models are on different folds: the ensemble is "
                     "fitted on the annotated OOF", loc.folds.n_folds)
         localized = False
-    # Fitted on the annotated OOF: the ensemble itself, or (when fitted on the localised OOF) the blend the
-    # localised OOF table reports for comparison.
+    if not localized and pcfg.tta:
+        log.warning("predict.tta=true but the ensemble is fitted on the annotated OOF, which has no flips")
+    # Fitted on the annotated OOF: the ensemble itself, or (when fitted on the localised OOF) the ensemble of
+    # the annotated OOF table, for comparison.
     annotated_spec = ANNOTATED_SPEC_JSON if localized else pcfg.ensemble
     table, spec = build_ensemble(output_dir, labels, EnsembleConfig(experiments=names, spec_file=annotated_spec))
     oof_table = output_dir / table_names(OOF_CSV)[1]
     if localized:
         localized_oof(data_dir, output_dir, PredictConfig(localizer=pcfg.localizer, experiments=names,
-                                                          ensemble=annotated_spec, device=pcfg.device),
-                      output_dir / LOCALIZED_OOF_TABLE)
+                                                          tta=pcfg.tta, device=pcfg.device,
+                                                          batch_size=pcfg.batch_size),
+                      output_dir / SCORES_CSV)
         table, spec = build_ensemble(output_dir, labels, EnsembleConfig(
             experiments=names, oof_file=LOCALIZED_OOF_CSV, spec_file=pcfg.ensemble))
         oof_table = output_dir / table_names(LOCALIZED_OOF_CSV)[1]
@@ -133,6 +140,13 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     s = time.perf_counter()
     submission = Path(cfg.submission)
     predict_submission(data_dir, output_dir, submission, pcfg)
+    holdout = None
+    if labeled_test:
+        holdout = read_holdout(data_dir, submission, submission.with_name(FOLD_PREDICTIONS_CSV), spec,
+                               load_prior([output_dir / spec.experiments.get(m, m) for m in spec.models]),
+                               pcfg.fold_average)
+        if holdout is not None:
+            write_csv(holdout, output_dir / HOLDOUT_CSV)
     lap("predict", s)
 
     s = time.perf_counter()
@@ -142,5 +156,5 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     return {"oof_table": oof_table, "annotated_table": output_dir / table_names(OOF_CSV)[1],
             "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
-            "ensemble_oof_score": spec.ensemble_score.get("score"),
-            "ensemble_nested_score": spec.nested_score.get("score"), "table": table}
+            "spec": spec, "table": table, "localisation_cost": output_dir / SCORES_CSV if localized else None,
+            "holdout": holdout}

@@ -48,6 +48,8 @@ from lsdc.experiment import (
     COND_INDEX,
     CONFIG_YAML,
     EPOCHS_CSV,
+    FOLD_SELECTED_OOF_CSV,
+    FOLD_SELECTED_PREDS_CSV,
     LAST_PT,
     METRICS_JSON,
     OOF_CSV,
@@ -55,7 +57,7 @@ from lsdc.experiment import (
     VAL_PREDS_CSV,
     ExperimentConfig,
     autocast,
-    fill_with_prior,
+    fill_out_of_fold,
     fold_dir,
     load_checkpoint,
     prior_probabilities,
@@ -290,12 +292,46 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
 # ----------------------------------------------------------------------------- one fold
 
 
+def validation_studies(studies: np.ndarray, share: float, seed: int, fold: int) -> set[int]:
+    """The share of a fold's training studies set apart to choose its epoch: drawn by study from a generator
+    seeded by (seed, fold), at least one study when ``share`` > 0, none when it is 0."""
+    studies = np.unique(np.asarray(studies, dtype=np.int64))
+    if share <= 0:
+        return set()
+    n = min(len(studies) - 1, max(1, round(share * len(studies))))
+    return set(np.random.default_rng([seed, fold]).permutation(studies)[:n].tolist())
+
+
+def _evaluate(model: nn.Module, batches: CropBatches, t: pd.DataFrame, k: int, device: torch.device,
+              mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor, cfg: ExperimentConfig
+              ) -> tuple[np.ndarray, float, float, float]:
+    """Predictions of a table's crops and their weighted loss, accuracy and official score (NaN for the
+    paper task)."""
+    probs = predict_batches(model, batches, k, device, mean, std, cfg.train.channels_last)
+    target = t.target.to_numpy()
+    loss = float(weighted_ce(torch.log(torch.from_numpy(probs).clamp_min(1e-15)), torch.as_tensor(target.copy()),
+                             weights.cpu()))
+    acc = float((probs.argmax(1) == target).mean())
+    score_ = crop_score(t, probs) if cfg.train.task == "competition" else math.nan
+    return probs, loss, acc, score_
+
+
+def _write_preds(t: pd.DataFrame, probs: np.ndarray, classes: list[str], path: Path) -> None:
+    preds = t[["study_id", "condition", "level", "label", "target"]].copy()
+    for j, name in enumerate(classes):
+        preds[name] = probs[:, j]
+    write_csv(preds, path)
+
+
 def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.ndarray], fold: int, out: Path,
                d: Dist | None = None) -> dict[str, Any]:
-    """Train on all folds but ``fold``, early-stop on ``fold``, write into ``out``; resumes from ``out/last.pt``.
+    """Train on all folds but ``fold``, less the validation studies that choose the epoch (``val_share``),
+    predict ``fold`` with that checkpoint, write into ``out``; resumes from ``out/last.pt``.
 
-    In a distributed run every process trains its share of each batch (DistributedDataParallel) and only
-    rank 0 writes; the others return an empty dict.
+    The held-out fold is predicted every epoch too, to draw its curve and to record the OOF it would give
+    had it chosen its own checkpoint (optimistic; ``val_preds_fold_selected.csv``). In a distributed run
+    every process trains its share of each batch (DistributedDataParallel) and only rank 0 writes; the
+    others return an empty dict.
     """
     d = d or Dist()
     tcfg = cfg.train
@@ -304,13 +340,19 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
     torch.manual_seed(tcfg.seed + fold)
     # Validation, early stopping and the OOF are always on crops at annotated points (lsdc.localized_oof
     # gives the OOF at localised points): every experiment's oof.csv means the same.
-    train_t = table[(table.fold != fold) & table.trains]
-    val_t = table[(table.fold == fold) & (table.source == ANNOTATED)]
-    if train_t.empty or val_t.empty:
-        raise DataError(f"fold {fold}: {len(train_t)} training and {len(val_t)} held-out crops; need both")
+    annotated = table.source == ANNOTATED
+    chooser = validation_studies(table.study_id[table.fold != fold], tcfg.val_share, tcfg.seed, fold)
+    in_val = table.study_id.isin(chooser)
+    train_t = table[(table.fold != fold) & table.trains & ~in_val]
+    fold_t = table[(table.fold == fold) & annotated]
+    val_t = table[(table.fold != fold) & annotated & in_val] if chooser else fold_t
+    if train_t.empty or fold_t.empty or val_t.empty:
+        raise DataError(f"fold {fold}: {len(train_t)} training, {len(val_t)} validation and {len(fold_t)} "
+                        "held-out crops; need all three (fewer studies or train.val_share=0)")
     per_process = max(1, tcfg.batch_size // d.world)   # the global batch stays train.batch_size
     train_b = CropBatches(train_t, arrays, per_process, True, seed=tcfg.seed + fold, shard=(d.rank, d.world))
     val_b = CropBatches(val_t, arrays, tcfg.batch_size * 2, False)
+    fold_b = CropBatches(fold_t, arrays, tcfg.batch_size * 2, False) if chooser else val_b
     mean, std = channel_stats(train_b, seed=tcfg.seed)
     mean_t, std_t = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     model = create_model(cfg.network_config()).to(device)
@@ -323,7 +365,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
 
     meta = {"config": config_mod.to_dict(cfg), "classes": list(schema.SEVERITY_COLUMNS if k == 3 else PAPER_CLASSES),
             "conditions": list(schema.CONDITIONS), "mean": mean, "std": std, "fold": fold}
-    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "wall": 0.0, "history": []}
+    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "wall": 0.0, "history": [],
+             "fold_best": {"loss": math.inf, "epoch": -1, "probs": None}}
     last = out / LAST_PT
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
@@ -357,14 +400,14 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
             opt.step()
             total += loss.detach() * len(y)
             seen += len(y)
-        probs = predict_batches(model, val_b, k, device, mean_t, std_t, tcfg.channels_last)
-        val_loss = float(weighted_ce(torch.log(torch.from_numpy(probs).clamp_min(1e-15)),
-                                     torch.as_tensor(val_t.target.to_numpy().copy()),
-                                     weights.cpu()))
-        val_acc = float((probs.argmax(1) == val_t.target.to_numpy()).mean())
-        val_score = crop_score(val_t, probs) if tcfg.task == "competition" else math.nan
+        _, val_loss, val_acc, val_score = _evaluate(model, val_b, val_t, k, device, mean_t, std_t, weights, cfg)
+        fold_probs, fold_loss, _, fold_score = (
+            _evaluate(model, fold_b, fold_t, k, device, mean_t, std_t, weights, cfg) if chooser
+            else (None, val_loss, val_acc, val_score))
         state["epoch"] += 1
         state["wall"] += time.perf_counter() - t0
+        if fold_probs is not None and fold_loss < state["fold_best"]["loss"] - 1e-6:
+            state["fold_best"] = {"loss": fold_loss, "epoch": state["epoch"], "probs": fold_probs}
         improved = _from_main(d, val_loss < state["best_loss"] - 1e-6)
         if improved:
             state.update(best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
@@ -375,17 +418,18 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
             state["bad_epochs"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": float(total) / max(seen, 1),
                                  "val_loss": val_loss, "val_acc": val_acc, "val_score": val_score,
-                                 "seconds": time.perf_counter() - t0,
-                                 "best": improved})
+                                 "fold_loss": fold_loss, "fold_score": fold_score,
+                                 "seconds": time.perf_counter() - t0, "best": improved})
         if d.main:
             write_csv(pd.DataFrame(state["history"]), out / EPOCHS_CSV)
             if board is not None:
-                for key in ("train_loss", "val_loss", "val_acc", "val_score"):
+                for key in ("train_loss", "val_loss", "val_acc", "val_score", "fold_loss", "fold_score"):
                     board.add_scalar(key, state["history"][-1][key], state["epoch"])
                 board.flush()
             save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
-            log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f  score %.4f%s", fold, state["epoch"],
-                     state["history"][-1]["train_loss"], val_loss, val_acc, val_score, "  *" if improved else "")
+            log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f  score %.4f  held-out fold %.4f%s", fold,
+                     state["epoch"], state["history"][-1]["train_loss"], val_loss, val_acc, val_score, fold_loss,
+                     "  *" if improved else "")
         _barrier(d)
 
     if board is not None:
@@ -393,15 +437,15 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
     if not d.main:
         return {}
     best_model, _ = load_checkpoint(out / BEST_PT, device)
-    probs = predict_batches(best_model, val_b, k, device, mean_t, std_t, tcfg.channels_last)
-    preds = val_t[["study_id", "condition", "level", "label", "target"]].copy()
-    for j, name in enumerate(meta["classes"]):
-        preds[name] = probs[:, j]
-    write_csv(preds, out / VAL_PREDS_CSV)
+    probs = predict_batches(best_model, fold_b, k, device, mean_t, std_t, tcfg.channels_last)
+    _write_preds(fold_t, probs, meta["classes"], out / VAL_PREDS_CSV)
+    if chooser:
+        _write_preds(fold_t, state["fold_best"]["probs"], meta["classes"], out / FOLD_SELECTED_PREDS_CSV)
     metrics = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
+               "fold_selected_epoch": state["fold_best"]["epoch"] if chooser else state["best_epoch"],
                "epochs_run": state["epoch"], "train_seconds": state["wall"], "n_train": len(train_t),
-               "n_val": len(val_t), "params": count_parameters(best_model), "device": str(device),
-               "processes": d.world}
+               "n_val": len(val_t), "n_val_studies": len(chooser), "n_held_out": len(fold_t),
+               "params": count_parameters(best_model), "device": str(device), "processes": d.world}
     write_json(out / METRICS_JSON, metrics)
     last.unlink(missing_ok=True)
     return metrics
@@ -452,17 +496,18 @@ def crop_score(table: pd.DataFrame, probs: np.ndarray) -> float:
         return math.nan
 
 
-def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, studies: set[int]) -> tuple[pd.DataFrame, int]:
+def assemble_oof(preds: pd.DataFrame, train: pd.DataFrame, folds: pd.DataFrame, studies: set[int]
+                 ) -> tuple[pd.DataFrame, int]:
     """Submission-format OOF: all 25 rows of every study in ``studies``.
 
-    Crops predicted out of fold give their probabilities; every other row gets the training prior.
-    Returns the frame and the number of labeled rows that fell back to the prior.
+    Crops predicted out of fold give their probabilities; every other row gets the prior of the other
+    folds' labels. Returns the frame and the number of labeled rows that fell back to the prior.
     """
     row_ids = [r for s in sorted(studies) for r in schema.study_row_ids(s)]
     rid = [schema.row_id(s, c, lv) for s, c, lv in zip(preds.study_id, preds.condition, preds.level)]
     have = preds.assign(row_id=rid)[["row_id", *schema.SEVERITY_COLUMNS]]
     have = have[have.row_id.isin(set(row_ids))]
-    oof = fill_with_prior(row_ids, have, prior_probabilities(train))
+    oof = fill_out_of_fold(row_ids, have, train, folds)
     labeled = set(solution_from_labels(train[train.study_id.isin(studies)]).row_id)
     return oof, len(labeled - set(have.row_id))
 
@@ -526,14 +571,22 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     save_prior(exp_dir, prior)
     if cfg.train.task == "competition":
         studies = set(folds[folds.fold.isin(selected)].study_id)
-        oof, n_prior = assemble_oof(preds, train, studies)
+        oof, n_prior = assemble_oof(preds, train, folds, studies)
         write_csv(oof, exp_dir / OOF_CSV)
         solution = solution_from_labels(train[train.study_id.isin(studies)])
         summary["oof_score"] = score(solution, oof)
-        summary["prior_score"] = score(solution, fill_with_prior(oof.row_id.tolist(), None, prior))
+        summary["prior_score"] = score(solution, fill_out_of_fold(oof.row_id.tolist(), None, train, folds))
         summary["rows_from_prior"] = n_prior
-        log.info("%d labeled OOF rows had no crop and got the training prior", n_prior)
+        log.info("%d labeled OOF rows had no crop and got the prior of the other folds", n_prior)
         log.info("OOF score %.4f (prior %.4f)", summary["oof_score"]["score"], summary["prior_score"]["score"])
+        chosen_on_fold = [fold_dir(exp_dir, f) / FOLD_SELECTED_PREDS_CSV for f in selected]
+        if cfg.train.val_share > 0 and all(p.is_file() for p in chosen_on_fold):
+            optimistic, _ = assemble_oof(pd.concat([pd.read_csv(p) for p in chosen_on_fold], ignore_index=True),
+                                         train, folds, studies)
+            write_csv(optimistic, exp_dir / FOLD_SELECTED_OOF_CSV)
+            summary["oof_score_fold_selected"] = score(solution, optimistic)
+            log.info("OOF score %.4f had each held-out fold chosen its own checkpoint (optimistic)",
+                     summary["oof_score_fold_selected"]["score"])
     else:
         write_csv(preds, exp_dir / PAPER_OOF_CSV)
         summary["paper_metrics"] = paper_summary(preds)

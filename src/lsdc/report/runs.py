@@ -1,13 +1,15 @@
 """Pictures of every run: per experiment its training curves, and the OOF comparison as a bar chart.
 
-- ``<experiment>/curves.png``: per fold the training and validation loss per epoch (log scale, the best
-  epoch marked) and the official score of the held-out fold per epoch (``val_score`` in the fold's
-  ``epochs.csv``; an older epochs file without it is drawn without that panel), with the experiment's OOF
-  score and the class prior's for reference.
+- ``<experiment>/curves.png``: per fold the loss per epoch of the training crops, of the validation studies
+  that choose the epoch and of the held-out fold (log scale, the chosen epoch marked), and the official
+  score per epoch of the held-out fold (``fold_score`` in the fold's ``epochs.csv``; ``val_score`` in older
+  files, where the held-out fold chose; a file with neither is drawn without that panel), with the
+  experiment's OOF score and the class prior's for reference.
 - ``<outputs>/oof_chart.png``: the OOF comparison table(s) the ensemble step writes (``oof_table.csv`` at
   annotated points, ``oof_localized_table.csv`` at held-out localiser points) as bars: one panel per score
-  (the official score and its four terms), one row per model and the ensemble, annotated and localised
-  side by side, each bar labelled with its value.
+  (the official score with its 95% interval, and its four terms), one row per model and the ensemble
+  (judged out of fold; the shipped row marked), annotated and localised side by side, each bar labelled
+  with its value.
 
 Drawn at the end of :func:`lsdc.pipeline.run_pipeline` and by ``scripts/plot_runs.py``; a figure whose
 inputs have not changed is kept (:mod:`lsdc.stamps`).
@@ -26,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
-from lsdc.ensemble import ENSEMBLE, TERMS, table_names
+from lsdc.ensemble import ENSEMBLE, SHIPPED, TERMS, table_names
 from lsdc.experiment import EPOCHS_CSV, LOCALIZED_OOF_CSV, METRICS_JSON, OOF_CSV
 from lsdc.report.figures import _save
 from lsdc.stamps import file_state, is_current, write_stamp
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CURVES_PNG = "curves.png"
 OOF_CHART_PNG = "oof_chart.png"
-FIGURES_VERSION = 1            # bump when the drawing changes, so kept figures are redrawn
+FIGURES_VERSION = 2            # bump when the drawing changes, so kept figures are redrawn
 CURVE_PANEL_IN = (6.0, 4.2)    # width, height of one curves panel
 CHART_PANEL_W_IN = 3.4         # width of one OOF chart panel
 CHART_ROW_IN = 0.42            # height per model row of the OOF chart
@@ -72,9 +74,18 @@ def _score_of(metrics: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def held_out_score(df: pd.DataFrame) -> pd.Series | None:
+    """The held-out fold's official score per epoch: ``fold_score``, or ``val_score`` in files written when
+    the held-out fold chose the epoch itself; None when the file has neither."""
+    for key in ("fold_score", "val_score"):
+        if key in df and df[key].notna().any():
+            return df[key]
+    return None
+
+
 def has_scores(epochs: dict[int, pd.DataFrame]) -> bool:
     """Whether the epochs files carry the official score per epoch (older ones do not)."""
-    return any("val_score" in df and df.val_score.notna().any() for df in epochs.values())
+    return any(held_out_score(df) is not None for df in epochs.values())
 
 
 def _minor_label(value: float, wide: bool) -> str:
@@ -102,10 +113,13 @@ def plot_curves(exp_dir: str | Path, path: str | Path | None = None) -> Path | N
     for colour, (fold, df) in zip(colours, epochs.items()):
         ax.plot(df.epoch, df.train_loss, "-", color=colour, marker=".", label=f"fold {fold} train")
         ax.plot(df.epoch, df.val_loss, "--", color=colour, marker=".", label=f"fold {fold} validation")
+        if "fold_loss" in df and not np.allclose(df.fold_loss, df.val_loss, equal_nan=True):
+            ax.plot(df.epoch, df.fold_loss, ":", color=colour, marker=".", label=f"fold {fold} held out")
         best = df.loc[df.val_loss.idxmin()]
         ax.plot([best.epoch], [best.val_loss], "*", color=colour, markersize=13, markeredgecolor="black")
     ax.set_yscale("log")
-    losses = pd.concat([pd.concat([df.train_loss, df.val_loss]) for df in epochs.values()]).to_numpy(float)
+    losses = pd.concat([pd.concat([df.train_loss, df.val_loss, df.get("fold_loss", df.val_loss)])
+                        for df in epochs.values()]).to_numpy(float)
     losses = losses[np.isfinite(losses) & (losses > 0)]
     wide = len(losses) > 0 and losses.max() / losses.min() > 3
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
@@ -113,14 +127,16 @@ def plot_curves(exp_dir: str | Path, path: str | Path | None = None) -> Path | N
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("epoch")
     ax.set_ylabel("weighted cross-entropy (log scale)")
-    ax.set_title("loss (solid: train, dashed: held-out fold; star: best)", fontsize=10)
+    ax.set_title("loss (solid: train, dashed: validation studies, dotted: held-out fold;\n"
+                 "star: the epoch the validation studies chose)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncols=2)
     if scores:
         ax = axes[1]
         for colour, (fold, df) in zip(colours, epochs.items()):
-            if "val_score" in df:
-                ax.plot(df.epoch, df.val_score, "-", color=colour, marker="o", markersize=4, label=f"fold {fold}")
+            values = held_out_score(df)
+            if values is not None:
+                ax.plot(df.epoch, values, "-", color=colour, marker="o", markersize=4, label=f"fold {fold}")
         for key, style, label in (("oof_score", "k:", "OOF (all folds)"), ("prior_score", "r-.", "class prior")):
             value = _score_of(metrics, key)
             if value is not None:
@@ -175,19 +191,27 @@ def plot_oof_chart(output_dir: str | Path, path: str | Path | None = None) -> Pa
             values = df.set_index("model")[term].reindex(order).to_numpy(float) if term in df else np.full(n, np.nan)
             pos = y - 0.4 + height * (i + 0.5)
             ax.barh(pos, np.nan_to_num(values), height, color=colours[label], label=label)
-            for p, v in zip(pos, values):
+            ends = values
+            if term == "score" and {"score_lo", "score_hi"} <= set(df.columns):
+                lo, hi = (df.set_index("model")[c].reindex(order).to_numpy(float) for c in ("score_lo", "score_hi"))
+                ax.errorbar(values, pos, xerr=[values - lo, hi - values], fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=2)
+                ends = hi
+            for p, v, e in zip(pos, values, ends):
                 if np.isfinite(v):
-                    ax.text(v, p, f" {v:.3f}", va="center", ha="left", fontsize=7)
-            top = max(top, float(np.nanmax(values)) if np.isfinite(values).any() else 0.0)
+                    ax.text(e if np.isfinite(e) else v, p, f" {v:.3f}", va="center", ha="left", fontsize=7)
+            top = max(top, float(np.nanmax(ends)) if np.isfinite(ends).any() else 0.0)
         ax.set_xlim(0, max(top, 0.1) * 1.3)
         ax.set_title(TERM_TITLES.get(term, term), fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-    axes[0].set_yticks(y, order, fontsize=9)
+    shipped = {m for df in tables.values() if SHIPPED in df for m in df.model[df[SHIPPED].astype(bool)]}
+    axes[0].set_yticks(y, [f"{m} (shipped)" if m in shipped else m for m in order], fontsize=9)
     axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(tables), fontsize=9,
                frameon=False)
-    fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better)", fontsize=11)
+    fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better; "
+                 "bars on the score: 95% interval, bootstrap over studies)", fontsize=11)
     return _save(fig, Path(path) if path else output_dir / OOF_CHART_PNG)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lsdc import bootstrap, metric, schema
+from lsdc import bootstrap, metric, paper, schema
+from lsdc.report import tables
 
 SEV = list(schema.SEVERITY_COLUMNS)
 
@@ -119,3 +120,28 @@ def test_reference_and_formatting():
         bootstrap.score_table(labels, {"a": sub}, reference="c")
     assert bootstrap.format_interval(0.5, 0.4, 0.61) == "0.500 [0.400, 0.610]"
     assert bootstrap.format_interval(-0.02, -0.05, 0.011, signed=True) == "-0.020 [-0.050, +0.011]"
+
+
+def test_paper_metrics_of_a_resample_are_sklearn_on_the_repeated_crops():
+    """Accuracy, F1 and AUC (ties included) of each resample equal paper_scores on the crops repeated as often
+    as their study was drawn; the interval columns of the report bracket the point value."""
+    rng = np.random.default_rng(4)
+    studies = np.arange(500, 530)
+    df = pd.DataFrame({"study_id": np.repeat(studies, 3), "condition": np.tile(schema.CONDITIONS[:3], 30)})
+    df["target"] = (rng.random(len(df)) < 0.3).astype(int)
+    df["severe"] = np.round(np.clip(0.3 * df.target + rng.random(len(df)) * 0.7, 0, 1), 1)   # ties
+    counts = bootstrap.resample_counts(len(studies), 6, seed=2)
+    samples = paper.resampled_paper_scores(df, studies, counts)
+    for b in range(6):
+        repeated = df.loc[np.repeat(df.index.to_numpy(), counts[b, np.searchsorted(studies, df.study_id)]
+                                    .astype(int))]
+        expected = paper.paper_scores(repeated)
+        for m in paper.INTERVAL_METRICS:
+            assert samples[m][b] == pytest.approx(expected[m], rel=1e-12), (m, b)
+    ci = tables.intervals({"x": df, "y": df.assign(severe=1 - df.severe)}, reference="x", n_resamples=500)
+    point = paper.paper_scores(df)
+    for m in paper.INTERVAL_METRICS:
+        assert ci["x"][f"{m}_lo"] <= point[m] <= ci["x"][f"{m}_hi"]
+        assert ci["x"][f"d_{m}"] == 0.0 and ci["x"][f"d_{m}_lo"] == ci["x"][f"d_{m}_hi"] == 0.0
+    assert ci["y"]["d_auc"] == pytest.approx(paper.paper_scores(df.assign(severe=1 - df.severe))["auc"] - point["auc"])
+    assert ci["y"]["d_auc_hi"] < 0                      # inverted scores: clearly worse on every resample

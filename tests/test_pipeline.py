@@ -7,20 +7,25 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import lsdc.crops
-import lsdc.ensemble
+import lsdc.ensemble.step
 import lsdc.inference
 import lsdc.localize
 import lsdc.localized_oof
 import lsdc.train
 from lsdc import config as config_mod
+from lsdc import metric, schema
+from lsdc.ensemble import FOLD_AVERAGES, blend_folds
 from lsdc.errors import DataError
-from lsdc.inference import PredictConfig, predict_submission
+from lsdc.experiment import fill_with_prior, load_prior
+from lsdc.holdout import SHIPPED, fold_frames_of
+from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
 from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, VIEWS, LocalizerExperiment, train_localizer
-from lsdc.pipeline import PipelineConfig, StepRef, run_pipeline
+from lsdc.pipeline import HOLDOUT_CSV, PipelineConfig, StepRef, run_pipeline
 from tiny import tiny_experiment, tiny_localizer
 
 TINY = tiny_experiment("tiny", epochs=1, patience=1)
@@ -39,7 +44,7 @@ class Calls:
         self.counts: dict[str, int] = {}
         self.experiments: list[str] = []
         for module, name in ((lsdc.train, "train_fold"), (lsdc.localize, "fit_view"),
-                             (lsdc.ensemble, "fit_ensemble"), (lsdc.inference, "classify"),
+                             (lsdc.ensemble.step, "fit_ensemble"), (lsdc.inference, "classify"),
                              (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
             monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
 
@@ -81,7 +86,7 @@ def test_rerun_on_finished_outputs_does_nothing_and_same_submission(first_run, m
     root = first_run["root"]
     result = run_pipeline(_pipeline(root, [StepRef("tiny.yaml")]), first_run["data"], first_run["out"], root)
     assert (root / "submission.csv").read_bytes() == first_run["submission"]
-    assert result["ensemble_oof_score"] == first_run["result"]["ensemble_oof_score"]
+    assert result["spec"] == first_run["result"]["spec"]
 
 
 def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, monkeypatch):
@@ -121,7 +126,7 @@ def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, 
     assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained
     assert calls["lsdc.localize.fit_view"] == 0                    # nor the localiser
     assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
-    assert calls["lsdc.ensemble.fit_ensemble"] == 2                 # annotated and localised fits redone
+    assert calls["lsdc.ensemble.step.fit_ensemble"] == 2                # annotated and localised fits redone
     assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0
     assert (root / "submission.csv").read_bytes() != first_run["submission"]
 
@@ -140,3 +145,26 @@ def test_predict_finds_what_the_pipeline_made(first_run, tmp_path):
                                show_progress=False)
     finally:
         shutil.rmtree(second)
+
+
+def test_labeled_test_studies_get_the_holdout_table(first_run):
+    """On data with test labels the pipeline keeps every fold model's test predictions; the submission is
+    their blend by the configured fold average, and the holdout table scores it (with its interval) next to
+    each model alone and the other fold averages, all paired on the same resampled test studies."""
+    root, data = first_run["root"], first_run["data"]
+    result, spec = first_run["result"], first_run["result"]["spec"]
+    sub = pd.read_csv(root / "submission.csv")
+    table = pd.read_csv(first_run["out"] / HOLDOUT_CSV).set_index("model")
+    assert table.equals(result["holdout"].set_index("model"))
+    solution = metric.load_solution(data / schema.TEST_SOLUTION_CSV)
+    assert table.loc[SHIPPED, "score"] == pytest.approx(metric.score(solution, sub)["score"], abs=1e-12)
+    assert table.loc[SHIPPED, "score_lo"] < table.loc[SHIPPED, "score"] < table.loc[SHIPPED, "score_hi"]
+    assert (table.vs == SHIPPED).all() and table.loc[SHIPPED, "diff"] == 0.0
+    assert set(spec.models) <= set(table.index)
+    assert {f"{SHIPPED} with fold_average={r}" for r in FOLD_AVERAGES if r != "tempered"} <= set(table.index)
+    folds = pd.read_csv(root / FOLD_PREDICTIONS_CSV)
+    assert set(folds.fold) == {0, 1}
+    prior = load_prior([first_run["out"] / m for m in spec.models])
+    rebuilt = fill_with_prior(sub.row_id.tolist(), blend_folds(spec, fold_frames_of(folds), "tempered"), prior)
+    np.testing.assert_allclose(rebuilt[list(schema.SEVERITY_COLUMNS)], sub[list(schema.SEVERITY_COLUMNS)],
+                               atol=1e-12)

@@ -129,8 +129,9 @@ def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, 
     localised one comes from held-out localiser points and still beats the class prior clearly; both with
     intervals around them, and the cost of localisation is their paired difference."""
     name = smoke_run["cfg"].experiment
-    table = localized_oof(smoke_run["data"], smoke_run["out"], PredictConfig(localizer=smoke_localizer["name"]),
-                          tmp_path / "localized_oof_scores.csv", show_progress=False).set_index("model")
+    cfg = PredictConfig(localizer=smoke_localizer["name"], experiments=[name])
+    table = localized_oof(smoke_run["data"], smoke_run["out"], cfg, tmp_path / "localized_oof_scores.csv",
+                          show_progress=False).set_index("model")
     assert list(table.index) == [name]
     points = pd.read_csv(smoke_run["out"] / smoke_localizer["name"] / "oof_points.csv")
     labels = load_train_labels(smoke_run["data"])

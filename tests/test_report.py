@@ -180,7 +180,13 @@ def test_table2_equals_sklearn_on_saved_predictions(outputs):
         metrics = json.loads((out / row.experiment / "metrics.json").read_text())
         assert row.params == metrics["params"] and row.train_seconds == metrics["train_seconds"]
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {row.experiment} |"))
-        assert f"| {100 * row.accuracy:.1f} |" in line and f"| {row.auc:.3f} |" in line
+        assert (f"| {100 * row.accuracy:.1f} [{100 * row.accuracy_lo:.1f}, {100 * row.accuracy_hi:.1f}] |" in line
+                and f"| {row.auc:.3f} [" in line)
+        for m in ("accuracy", "f1", "auc"):              # intervals around each value; paired differences
+            assert row[f"{m}_lo"] <= row[m] <= row[f"{m}_hi"], (row.experiment, m)
+            assert row[f"d_{m}_lo"] <= row[f"d_{m}"] <= row[f"d_{m}_hi"]
+        full = pd.read_csv(out / FULL / "oof_paper.csv")
+        assert row.d_f1 == pytest.approx(_sk(preds)["f1"] - _sk(full)["f1"], abs=1e-12)
     labels = dict(zip(t2.experiment, t2.model))
     assert labels[FULL] == "attention" and labels["attention_paper_t_no_cbam"] == "attention w/o CBAM"
     assert labels[BASELINE] == "resnet18"
@@ -210,6 +216,9 @@ def test_table4_ablations_from_config_switches(outputs):
             preds, ref = preds[preds.condition == row.condition], full[full.condition == row.condition]
         _assert_scores(row, preds)
         assert row.d_f1 == pytest.approx(_sk(preds)["f1"] - _sk(ref)["f1"], abs=1e-12)
+        assert row.d_auc_lo <= row.d_auc <= row.d_auc_hi
+        if row.removed == "none":
+            assert row.d_accuracy == row.d_accuracy_lo == row.d_accuracy_hi == 0.0
 
 
 def test_figures_are_png_of_expected_size_and_not_blank(outputs):

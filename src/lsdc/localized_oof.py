@@ -24,6 +24,7 @@ from lsdc.experiment import (
     LOCALIZED_OOF_CSV,
     OOF_CSV,
     fill_out_of_fold,
+    load_experiment_config,
     load_experiment_models,
     resolve_device,
 )
@@ -54,21 +55,37 @@ def experiment_state(folder: Path) -> list[dict[str, Any]]:
     return [file_state(f) for f in sorted(folder.glob(f"fold*/{BEST_PT}"))] + [file_state(folder / OOF_CSV)]
 
 
+def finished_experiments(weights_dir: Path) -> list[str]:
+    """Trained competition experiments with every fold trained and their OOF written (partial runs, such as
+    ``folds.train_folds=[0]``, are left out and logged)."""
+    out = []
+    for name in trained_experiments(weights_dir):
+        folder = weights_dir / name
+        n_folds = load_experiment_config(folder).folds.n_folds
+        if (folder / OOF_CSV).is_file() and all((folder / f"fold{f}" / BEST_PT).is_file() for f in range(n_folds)):
+            out.append(name)
+        else:
+            log.info("experiment %s is left out of the localised OOF: not all of its %d folds are trained",
+                     name, n_folds)
+    return out
+
+
 def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictConfig,
                   out_path: str | Path | None = None, show_progress: bool = True) -> pd.DataFrame:
     """Per model, the official score from localised points next to the same from annotated points
     (``oof.csv``) on the same studies, each with its 95% interval, and the paired difference (what
     localisation costs the model) with its interval.
 
-    The models are ``cfg.experiments`` (default: every trained competition experiment in ``weights_dir``).
+    The models are ``cfg.experiments`` (default: :func:`finished_experiments` in ``weights_dir``).
     Each experiment's localised OOF is written to ``<experiment>/oof_localized.csv`` (04_ensemble.py fits
     on it with ``--set oof_file=oof_localized.csv``); with ``out_path``, the score table too.
     """
     data_dir, weights_dir = Path(data_dir), Path(weights_dir)
     loc_dir = localizer_folder(weights_dir, cfg.localizer)
-    names = list(cfg.experiments) or trained_experiments(weights_dir)
+    names = list(cfg.experiments) or finished_experiments(weights_dir)
     if not names:
-        raise DataError(f"no trained experiment in {weights_dir}: run scripts/02_train.py first")
+        raise DataError(f"no experiment in {weights_dir} has all its folds trained and an {OOF_CSV}: run "
+                        "scripts/02_train.py first")
     inputs = {"config": dataclasses.asdict(cfg), "localizer": [file_state(f) for f in sorted(loc_dir.glob("*"))
                                                                if f.is_file()],
               "experiments": {n: experiment_state(weights_dir / n) for n in names},

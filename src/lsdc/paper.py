@@ -54,3 +54,37 @@ def paper_summary(df: pd.DataFrame) -> dict[str, Any]:
     """:func:`paper_scores` over all crops and per condition."""
     return {"overall": paper_scores(df),
             "per_condition": {c: paper_scores(g) for c, g in df.groupby("condition")}}
+
+
+INTERVAL_METRICS = ("accuracy", "f1", "auc")   # the metrics the report gives 95% intervals for
+
+
+def _weighted_auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUC of scores ``p`` against 0/1 ``y`` with per-crop weights (B, n), one per resample: the weighted
+    Mann-Whitney statistic, ties counted half (with integer weights, sklearn's AUC of the repeated crops)."""
+    order = np.argsort(p, kind="stable")
+    p, y, weights = p[order], y[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])          # tie groups of equal scores
+    group = np.cumsum(np.r_[True, p[1:] != p[:-1]]) - 1
+    neg = np.add.reduceat(weights * (y == 0), starts, axis=1)      # (B, groups) negative weight per group
+    below = np.cumsum(neg, axis=1) - neg                            # negatives strictly below each group
+    pos = y == 1
+    wins = (weights[:, pos] * (below[:, group[pos]] + 0.5 * neg[:, group[pos]])).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (weights[:, pos].sum(axis=1) * weights[:, ~pos].sum(axis=1))
+
+
+def resampled_paper_scores(df: pd.DataFrame, studies: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, F1 of severe and AUC of predictions (``study_id``, ``target``, ``severe``) on each resample of
+    ``studies`` (``counts``: (B, len(studies)) draws, :func:`lsdc.bootstrap.resample_counts`): a crop counts
+    as often as its study was drawn. Equal to :func:`paper_scores` on the repeated crops."""
+    pos = np.searchsorted(studies, df.study_id.to_numpy())
+    w = counts[:, pos]                                              # (B, n) weight of each crop
+    y = df.target.to_numpy().astype(int)
+    p = df.severe.to_numpy().astype(float)
+    pred = (p >= THRESHOLD).astype(int)
+    tp, fp, fn = (w @ ((pred == a) & (y == b)).astype(float) for a, b in ((1, 1), (1, 0), (0, 1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = (w @ (pred == y).astype(float)) / w.sum(axis=1)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    return {"accuracy": accuracy, "f1": f1, "auc": _weighted_auc(w, y, p)}

@@ -177,8 +177,10 @@ def render_markdown(output_dir: Path, data: dict[str, Any], exps: Sequence[Paper
         "All scores are recomputed with scikit-learn from each experiment's `oof_paper.csv` (out-of-fold, or "
         f"held-out, predictions): severe is the positive class, a crop is called severe when p(severe) >= "
         f"{THRESHOLD}; precision, recall and F1 are of the severe class, F1 macro averages both classes' F1, "
-        "AUC uses p(severe). Metrics in percent, AUC as a fraction. Parameters and training wall time "
-        "(summed over the folds trained) come from `metrics.json`.",
+        "AUC uses p(severe). Metrics in percent, AUC as a fraction; accuracy, F1 and AUC with their 95% interval "
+        "in brackets (percentile bootstrap over studies, 2000 resamples). In Table 2, `d_*` is the paired "
+        "difference to the full attention model on the same resampled studies. Parameters and training wall "
+        "time (summed over the folds trained) come from `metrics.json`.",
         "",
         "## Table 2: model comparison",
         "",
@@ -198,8 +200,10 @@ def render_markdown(output_dir: Path, data: dict[str, Any], exps: Sequence[Paper
         lines += ["No ablation: no full attention model with a variant that differs only in "
                   "`model.use_cbam` / `model.use_mhsa` / `model.use_slot` among these experiments.", ""]
     else:
-        lines += ["Variants sharing every setting but the branch switches; `d_accuracy` and `d_f1` are "
-                  "differences to the full model, in percentage points.", "", markdown_table(t4), ""]
+        lines += ["Variants sharing every setting but the branch switches; `d_accuracy`, `d_f1` (percentage "
+                  "points) and `d_auc` are differences to the full model, each with the 95% interval of the "
+                  "paired difference (the same resampled studies for both): an interval that holds 0 means "
+                  "this split cannot tell the variant from the full model.", "", markdown_table(t4), ""]
     lines += ["## Confusion matrices (Figures 9-10)", "", "![confusion](confusion_matrices.png)", "",
               "## ROC curves (Figure 11)", "", "![roc](roc_curves.png)", "",
               "## Misclassified cases (section 3.4, Figure 12)", "",

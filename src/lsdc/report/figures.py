@@ -96,15 +96,23 @@ def plot_roc(exps: Sequence[PaperExperiment], path: Path) -> Path:
 
 
 def plot_metric_bars(table2: pd.DataFrame, path: Path) -> Path:
-    """Figure 8-like: accuracy, precision, recall, F1 and AUC per model, grouped bars."""
+    """Figure 8-like: accuracy, precision, recall, F1 and AUC per model, grouped bars, with the 95% interval
+    of the metrics that have one."""
     fig = Figure(figsize=BAR_SIZE_IN, layout="constrained")
     ax = fig.subplots()
     metrics = ("accuracy", "precision", "recall", "f1", "auc")
     width = 0.8 / max(len(table2), 1)
     labels = table2.model.where(~table2.model.duplicated(keep=False), table2.experiment)
     for i, (label, row) in enumerate(zip(labels, table2.itertuples(index=False))):
-        vals = [np.nan_to_num(getattr(row, m)) for m in metrics]
-        ax.bar(np.arange(len(metrics)) + i * width - 0.4 + width / 2, vals, width, label=label)
+        vals = np.array([np.nan_to_num(getattr(row, m)) for m in metrics])
+        x = np.arange(len(metrics)) + i * width - 0.4 + width / 2
+        ax.bar(x, vals, width, label=label)
+        lo = np.array([getattr(row, f"{m}_lo", np.nan) for m in metrics], dtype=float)
+        hi = np.array([getattr(row, f"{m}_hi", np.nan) for m in metrics], dtype=float)
+        has = np.isfinite(lo) & np.isfinite(hi)
+        if has.any():
+            ax.errorbar(x[has], vals[has], yerr=[vals[has] - lo[has], hi[has] - vals[has]], fmt="none",
+                        ecolor="black", elinewidth=0.8, capsize=2)
     ax.set_xticks(np.arange(len(metrics)), ["accuracy", "precision", "recall", "F1", "AUC"])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (severe = positive)")

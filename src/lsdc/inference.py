@@ -67,8 +67,9 @@ class PredictConfig:
     # "tempered" averages the folds after the spec's temperatures, which is the average of what the spec
     # was fitted on (one fold model per OOF row); "probs" tempers the average; "logits" the geometric mean.
     fold_average: Literal["tempered", "probs", "logits"] = "tempered"
-    # Also write every fold model's test predictions (fold_predictions.csv beside the submission), e.g. to
-    # compare the fold averages or the single models on labeled test studies.
+    # Also write every fold model's test predictions (fold_predictions.csv beside the submission), of every
+    # model the ensemble considered (not only those it blends), e.g. to compare the single models and the
+    # fold averages on labeled test studies.
     fold_predictions: bool = False
     device: str = "auto"
     batch_size: int = 64
@@ -92,8 +93,9 @@ def trained_experiments(weights_dir: Path) -> list[str]:
 
 def ensemble_plan(weights_dir: Path, cfg: PredictConfig) -> tuple[EnsembleSpec, dict[str, Path]]:
     """Which experiments to blend and how: the spec (equal weights when there is none or it lacks a
-    model) and each model's folder. Without a spec or ``cfg.experiments``, the only trained experiment in
-    ``weights_dir`` is used; with several, DataError lists them."""
+    model) and each model's folder (with ``cfg.fold_predictions``, also those the spec considered and left
+    out). Without a spec or ``cfg.experiments``, the only trained experiment in ``weights_dir`` is used; with
+    several, DataError lists them."""
     spec_path = weights_dir / cfg.ensemble
     spec = load_ensemble(spec_path) if spec_path.is_file() else None
     names = cfg.experiments or (spec.models if spec else [])
@@ -106,6 +108,9 @@ def ensemble_plan(weights_dir: Path, cfg: PredictConfig) -> tuple[EnsembleSpec, 
         log.info("no %s in %s: using its only experiment, %s", cfg.ensemble, weights_dir, found[0])
         names = found
     folders = {n: weights_dir / (spec.experiments.get(n, n) if spec else n) for n in names}
+    if cfg.fold_predictions and spec is not None:   # every model the ensemble considered, for the record
+        folders.update({n: weights_dir / d for n, d in spec.experiments.items()
+                        if n not in folders and (weights_dir / d).is_dir()})
     if spec is None or set(names) - set(spec.models):
         spec = equal_spec(names)
     return spec, folders

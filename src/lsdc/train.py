@@ -111,7 +111,10 @@ class CropBatches:
 
     ``shuffle``: a new order every epoch from a generator seeded by (seed, epoch), so a resumed run sees the
     epochs an uninterrupted one would. ``shard`` (rank, world): each process of a distributed run keeps every
-    world-th crop of that order.
+    world-th crop of that order, the order padded with its first crops to a multiple of ``world`` so that
+    every process takes the same number of steps (one more step on one rank would wait forever on an
+    all-reduce the others never join). Shuffled (training) batches never end with a batch of one crop:
+    batch norm cannot train on a single sample, so that crop waits for the next epoch's order.
     """
 
     def __init__(self, table: pd.DataFrame, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool,
@@ -123,9 +126,15 @@ class CropBatches:
         self.target = table.target.to_numpy()
         self.epoch = 0
 
+    def _per_process(self) -> int:
+        """Crops this process takes per epoch (the trailing single crop of a shuffled order left out)."""
+        n = -(-len(self.row) // self.shard[1])
+        if self.shuffle and n > 1 and n % self.batch_size == 1:
+            n -= 1
+        return n
+
     def __len__(self) -> int:
-        n = len(range(self.shard[0], len(self.row), self.shard[1]))
-        return -(-n // self.batch_size)
+        return -(-self._per_process() // self.batch_size)
 
     def gather(self, idx: np.ndarray) -> np.ndarray:
         """uint8 crops (len(idx), H, W, C) of the given table rows, in that order."""
@@ -142,7 +151,10 @@ class CropBatches:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         n = len(self.row)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-        order = order[self.shard[0]::self.shard[1]]
+        world = self.shard[1]
+        if world > 1:
+            order = np.resize(order, -(-n // world) * world)   # padded with its own first items
+        order = order[self.shard[0]::world][:self._per_process()]
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             yield self.gather(idx), self.cond[idx], self.target[idx]
@@ -189,6 +201,20 @@ def dist_context(device: torch.device) -> Dist:
 def _barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
+
+
+def rank_gap(d: Dist, model: nn.Module) -> float:
+    """How far the ranks' parameters are apart: the spread over ranks of a checksum of every parameter. Zero
+    when DistributedDataParallel keeps them in step; anything else means the gradients were not averaged."""
+    if d.world == 1:
+        return 0.0
+    total = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
+    with torch.no_grad():
+        for p in model.parameters():
+            total[0] += p.detach().double().sum()
+    total[1] = -total[0]
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)     # (max, -min) of the checksum over ranks
+    return float(total[0] + total[1])
 
 
 def _from_main(d: Dist, value: Any) -> Any:
@@ -406,6 +432,10 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
             else (None, val_loss, val_acc, val_score))
         state["epoch"] += 1
         state["wall"] += time.perf_counter() - t0
+        gap = rank_gap(d, model)
+        if gap != 0.0:
+            raise RuntimeError(f"fold {fold} epoch {state['epoch']}: the {d.world} processes' weights differ "
+                               f"(checksum spread {gap:.3g}): the gradients were not averaged across them")
         if fold_probs is not None and fold_loss < state["fold_best"]["loss"] - 1e-6:
             state["fold_best"] = {"loss": fold_loss, "epoch": state["epoch"], "probs": fold_probs}
         improved = _from_main(d, val_loss < state["best_loss"] - 1e-6)

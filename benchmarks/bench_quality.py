@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""The quality bench: the whole pipeline on enough synthetic studies that its model comparisons mean something.
+
+Runs ``lsdc.pipeline.run_pipeline`` with ``configs/bench_quality.yaml`` (700 training and 200 labeled test
+studies; about an hour on 2 CPU cores; it resumes, so a rerun on finished outputs takes seconds), then
+writes ``benchmarks/QUALITY.md``: every model at annotated and at localised points with 95% intervals and
+paired differences (bootstrap over studies), what localisation costs each model, the ensemble judged out of
+fold, what was shipped and why, the shipped submission and every model on the held-out test studies, how
+optimistic the OOF is when the held-out fold chooses its own checkpoint, the fold averages compared on the
+test studies, and how wide the paired intervals are (the bench's power).
+
+    python benchmarks/bench_quality.py --write                      # 2 CPU cores: about an hour
+    python benchmarks/bench_quality.py --config configs/bench_quality_224.yaml --write   # GPU, 224 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import common
+from lsdc import bootstrap, cli, metric, schema
+from lsdc import config as config_mod
+from lsdc.ensemble import FOLD_AVERAGES, NESTED, blend_folds, fit_blend, load_ensemble, single_spec
+from lsdc.experiment import (
+    FOLD_SELECTED_OOF_CSV,
+    LOCALIZED_OOF_CSV,
+    OOF_CSV,
+    fill_with_prior,
+    load_prior,
+    resolve_device,
+)
+from lsdc.holdout import fold_frames_of, holdout_markdown
+from lsdc.inference import FOLD_PREDICTIONS_CSV
+from lsdc.localized_oof import SCORES_CSV, cost_markdown
+from lsdc.pipeline import PipelineConfig, run_pipeline
+
+QUALITY = Path(__file__).resolve().parent / "QUALITY.md"
+TARGET = 0.02           # the paired difference the bench should resolve (its interval half-width at most this)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=Path("configs/bench_quality.yaml"))
+    p.add_argument("--data-dir", type=Path, default=Path("input/bench_quality"),
+                   help="the bench's synthetic data (generated there when empty)")
+    p.add_argument("--output-dir", type=Path, default=Path("outputs/bench_quality"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="pipeline config overrides, as run_pipeline.py takes them")
+    p.add_argument("--write", action="store_true", help="write benchmarks/QUALITY.md")
+    p.add_argument("--out", type=Path, default=QUALITY, help="where --write puts the report")
+    return p.parse_args(argv)
+
+
+def compact(table: pd.DataFrame) -> str:
+    """An OOF comparison table (lsdc.ensemble.comparison_table) without the per-condition columns."""
+    lines = ["| model | score [95% CI] | vs best [95% CI] | " + " | ".join(metric.TERM_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(metric.TERM_KEYS)]
+    for _, r in table.iterrows():
+        name = f"**{r.model}**" if r.model == NESTED else str(r.model)
+        name += " (shipped)" if bool(r.get("shipped", False)) else ""
+        lines.append(f"| {name} | {bootstrap.format_interval(r.score, r.score_lo, r.score_hi, 4)} | "
+                     f"{bootstrap.format_interval(r['diff'], r.diff_lo, r.diff_hi, 4, signed=True)} "
+                     f"(vs {r.vs}) | " + " | ".join(f"{r[k]:.4f}" for k in metric.TERM_KEYS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def optimism(out: Path, names: list[str], labels: pd.DataFrame) -> pd.DataFrame:
+    """Per model: its OOF (checkpoint chosen on validation studies) against the OOF had each held-out fold
+    chosen its own checkpoint, paired on the same resampled studies."""
+    rows = []
+    for n in names:
+        path = out / n / FOLD_SELECTED_OOF_CSV
+        if not path.is_file():
+            continue
+        honest, chosen_on_fold = pd.read_csv(out / n / OOF_CSV), pd.read_csv(path)
+        studies = {schema.parse_row_id(r)[0] for r in honest.row_id}
+        solution = metric.solution_from_labels(labels[labels.study_id.isin(studies)])
+        t = bootstrap.score_table(solution, {"honest": honest, "fold": chosen_on_fold}, reference="honest")
+        h, f = t.set_index("model").loc["honest"], t.set_index("model").loc["fold"]
+        rows.append({"model": n, "honest": h.score, "honest_lo": h.score_lo, "honest_hi": h.score_hi,
+                     "fold_selected": f.score, "optimism": f["diff"], "optimism_lo": f.diff_lo,
+                     "optimism_hi": f.diff_hi})
+    return pd.DataFrame(rows)
+
+
+def fold_average_table(out: Path, data_dir: Path, submission: Path, names: list[str]) -> pd.DataFrame:
+    """Per model, with per-group temperatures fitted on its localised OOF: its test score under each fold
+    average (lsdc.ensemble.FOLD_AVERAGES), paired against "tempered"."""
+    folds = fold_frames_of(pd.read_csv(submission.with_name(FOLD_PREDICTIONS_CSV)))
+    solution = metric.load_solution(data_dir / schema.TEST_SOLUTION_CSV)
+    labels = pd.read_csv(data_dir / schema.TRAIN_CSV)
+    row_ids = pd.read_csv(submission).row_id.tolist()
+    rows = []
+    for n in names:
+        if n not in folds or not (out / n / LOCALIZED_OOF_CSV).is_file():
+            continue
+        oof = pd.read_csv(out / n / LOCALIZED_OOF_CSV)
+        studies = {schema.parse_row_id(r)[0] for r in oof.row_id}
+        fit = fit_blend({n: oof}, metric.solution_from_labels(labels[labels.study_id.isin(studies)]), quiet=True)
+        spec = single_spec(n)
+        spec.temperatures = fit.temperatures
+        prior = load_prior([out / n])
+        frames = {rule: fill_with_prior(row_ids, blend_folds(spec, {n: folds[n]}, rule), prior)
+                  for rule in FOLD_AVERAGES}
+        t = bootstrap.score_table(solution, frames, reference="tempered").set_index("model")
+        for rule in FOLD_AVERAGES:
+            rows.append({"model": n, "temperatures": "/".join(f"{fit.temperatures[g]:.2f}" for g in schema.GROUPS),
+                         "fold_average": rule, **t.loc[rule][["score", "score_lo", "score_hi", "diff", "diff_lo",
+                                                              "diff_hi"]].to_dict()})
+    return pd.DataFrame(rows)
+
+
+def power(table: pd.DataFrame) -> tuple[float, float]:
+    """Median and largest half-width of the paired differences to the best row of an OOF table."""
+    half = ((table.diff_hi - table.diff_lo) / 2)[table.model != table.vs]
+    return float(half.median()), float(half.max())
+
+
+def interval_cell(r: pd.Series, key: str, lo: str, hi: str, signed: bool = False) -> str:
+    return bootstrap.format_interval(r[key], r[lo], r[hi], 4, signed=signed)
+
+
+def device_name() -> str:
+    device = resolve_device("auto")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({common.nproc()} cores)"
+
+
+def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, seconds: float, load: tuple) -> str:
+    out = args.output_dir
+    spec = result["spec"]
+    names = list(spec.oof_scores)
+    labels = pd.read_csv(args.data_dir / schema.TRAIN_CSV)
+    annotated = pd.read_csv(out / "oof_table.csv")
+    localised = pd.read_csv(out / "oof_localized_table.csv")
+    holdout = result["holdout"]
+    opt = optimism(out, names, labels)
+    fa = fold_average_table(out, args.data_dir, Path(result["submission"]), names)
+    med_a, max_a = power(annotated)
+    med_l, max_l = power(localised)
+    annotated_spec = load_ensemble(out / "ensemble_annotated.json") if (out / "ensemble_annotated.json").is_file() \
+        else None
+    lines = [
+        "# Quality bench",
+        "",
+        f"`{common.command_line()}` (config `{args.config}`): the pipeline on "
+        f"{cfg.synthetic.train_studies} synthetic training studies ({len(labels)} generated) and "
+        f"{cfg.synthetic.test_studies} labeled test studies, seed {cfg.synthetic.seed}; models: "
+        + ", ".join(f"`{n}`" for n in names) + ".",
+        "",
+        *common.machine_lines(device_name(), load, common.load_average(),
+                              "scores do not depend on load; wall times do"),
+        f"- Wall time: {seconds / 60:.1f} min this run; step times (s): {json.dumps(result['times'])}",
+        "",
+        "Scores are the official weighted log loss (lower is better). Intervals are 95% percentile intervals of a "
+        "bootstrap over studies (2000 resamples); differences are paired (every model scored on the same "
+        "resampled studies) and an interval that excludes 0 is a difference this bench resolves. Float results "
+        "differ between CPUs: compare within one run.",
+        "",
+        "## OOF at annotated points",
+        "",
+        compact(annotated),
+        "## What localisation costs each model",
+        "",
+        "Each training study placed by the localiser fold that did not see it, classified by the model fold that "
+        "did not see it, against the same model at the annotated points.",
+        "",
+        cost_markdown(pd.read_csv(out / SCORES_CSV)),
+        "## OOF at held-out localiser points (what test rows see; the ensemble is chosen on it)",
+        "",
+        compact(localised),
+        "## What was shipped",
+        "",
+        f"- {spec.shipped}.",
+        f"- Its OOF score judged on rows it was not fitted on: {spec.nested_score['score']:.4f}; on the rows it "
+        f"was fitted on: {spec.in_sample_score['score']:.4f} (optimistic by "
+        f"{spec.nested_score['score'] - spec.in_sample_score['score']:+.4f}).",
+    ]
+    if annotated_spec is not None:
+        lines.append(f"- Chosen the same way on the annotated OOF: {annotated_spec.shipped}.")
+    lines += ["- Candidates tried (out of fold): "
+              + "; ".join(f"{'+'.join(s['models'])}{' (T fitted)' if s['fitted'] else ''} {s['nested_score']:.4f}"
+                          f"{' taken' if s['accepted'] else ''}" for s in spec.selection), ""]
+    lines += ["## The held-out test studies", "",
+              f"{cfg.synthetic.test_studies} test studies the pipeline localised and predicted without coordinates, "
+              "scored against `test_solution.csv`; differences to the shipped submission, paired.", "",
+              holdout_markdown(holdout) if holdout is not None else "(no labeled test studies)", ""]
+    lines += ["## How optimistic the OOF was when the held-out fold chose its checkpoint", "",
+              "Same run: each fold's epoch chosen by the validation studies carved out of its training studies "
+              "(the OOF this project reports) against the epoch the held-out fold's own loss would have chosen "
+              "(what it reported before). Positive optimism: the old OOF looked better than it was.", "",
+              "| model | OOF, validation studies choose [95% CI] | OOF, held-out fold chooses | optimism [95% CI] |",
+              "|---|---|---|---|"]
+    lines += [f"| {r.model} | {interval_cell(r, 'honest', 'honest_lo', 'honest_hi')} | {r.fold_selected:.4f} | "
+              f"{bootstrap.format_interval(0.0 - r.optimism, 0.0 - r.optimism_hi, 0.0 - r.optimism_lo, 4, True)} |"
+              for _, r in opt.iterrows()]
+    lines += ["", "## Fold averages on the test studies", "",
+              "Each model with per-group temperatures fitted on its localised OOF (one fold model per row), its "
+              "fold models combined three ways on the test studies (`predict.fold_average`): `tempered` "
+              "averages the tempered folds (the average of what was fitted), `probs` tempers the averaged "
+              "probabilities, `logits` the normalised geometric mean. Differences paired against `tempered`.", "",
+              "| model | T (spinal/foraminal/subarticular) | fold average | test score [95% CI] "
+              "| vs tempered [95% CI] |", "|---|---|---|---|---|"]
+    lines += [f"| {r.model} | {r.temperatures} | {r.fold_average} | {interval_cell(r, 'score', 'score_lo', 'score_hi')}"
+              f" | {interval_cell(r, 'diff', 'diff_lo', 'diff_hi', signed=True)} |" for _, r in fa.iterrows()]
+    lines += ["", "## Power", "",
+              f"Half-width of the paired interval of each model's difference to the best: median {med_a:.4f}, "
+              f"largest {max_a:.4f} at annotated points; median {med_l:.4f}, largest {max_l:.4f} at localised "
+              f"points (target: a difference of {TARGET} resolved, i.e. half-widths at most {TARGET}).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.output_dir / "logs" / "bench_quality.log")
+    cfg = config_mod.load(PipelineConfig, args.config, args.overrides)
+    cfg.submission = str(args.output_dir / "submission.csv")
+    load = common.load_average()
+    t0 = time.perf_counter()
+    result = run_pipeline(cfg, args.data_dir, args.output_dir)
+    seconds = time.perf_counter() - t0
+    text = report(args, cfg, result, seconds, load)
+    sys.stdout.write(text)
+    if args.write:
+        tmp = args.out.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -9,6 +9,11 @@
 #   5. bench_scaling.py --untrained --device cuda  whole-ensemble prediction, s/study (full configs, 5 folds each)
 # Each step has its own time limit; a step that runs out is reported and the next one starts.
 #
+# The quality bench at 224 px is a run of its own (a lease's device time holds one of the two):
+#     bash benchmarks/gpu_check.sh quality      # bench_quality.py --config configs/bench_quality_224.yaml,
+#                                               # under 9.5 minutes; writes benchmarks/QUALITY_224.md
+# A quality run stopped at its limit resumes where it stopped when run again on the same outputs.
+#
 # On a machine without internet whose Python lacks pydicom, dicomsdl or albumentations (the lent GPU
 # machines here have torch, timm, opencv, pandas, scikit-learn, matplotlib): first, where pip can reach
 # the registry,
@@ -48,6 +53,14 @@ step() {  # step SECONDS script args...: run one benchmark under a time limit, l
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+if [ "${1:-}" = quality ]; then
+  step 570 benchmarks/bench_quality.py --config configs/bench_quality_224.yaml \
+       --data-dir input/bench_quality_224 --output-dir outputs/bench_quality_224 \
+       --write --out benchmarks/QUALITY_224.md
+  [ -n "${OUT:-}" ] && [ -f benchmarks/QUALITY_224.md ] && cp benchmarks/QUALITY_224.md "$OUT/QUALITY_224.md"
+  echo "== done $(date -u +%H:%M:%S)"
+  exit 0
+fi
 "$PY" -c "import torch, timm, cv2, pydicom; print('torch', torch.__version__, 'timm', timm.__version__, \
 'opencv', cv2.__version__, 'pydicom', pydicom.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
 

@@ -25,11 +25,10 @@ from lsdc import metric, schema
 from lsdc.ensemble.blend import apply_ensemble
 from lsdc.ensemble.fit import FIT_OBJECTIVE, SCORE, fit_blend, nested_predictions
 from lsdc.ensemble.frames import ROW_ID, align_oofs, model_frame, row_folds, solution_for
-from lsdc.ensemble.spec import EnsembleSpec, single_spec
+from lsdc.ensemble.spec import UNKNOWN_KIND, EnsembleSpec, single_spec
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_KIND = "unknown"   # an experiment without a readable config.yaml model section
 MIN_GAIN = 1e-6            # a candidate must beat the current choice out of fold by more than this
 
 
@@ -60,6 +59,39 @@ def _describe(c: _Candidate) -> str:
     return f"{c.models[0]} with fitted temperatures" if c.fitted else f"{c.models[0]} alone"
 
 
+def select_out_of_fold(aligned: Mapping[str, pd.DataFrame], judged: pd.DataFrame, folds: Mapping[int, int],
+                       temperature: bool, min_weight: float) -> tuple[_Candidate, _Candidate, list[dict]]:
+    """The candidate to ship (see the module doc), the best single model as it is, and every candidate
+    tried with its score on ``judged`` (the labeled rows whose study has a fold)."""
+    names = list(aligned)
+
+    def judge(models: list[str]) -> _Candidate:
+        """A fitted candidate, judged on rows its fits did not see."""
+        oof = nested_predictions({m: aligned[m] for m in models}, judged, folds, temperature, min_weight)
+        return _Candidate(models, True, oof, metric.score(judged, oof))
+
+    raw = {m: _Candidate([m], False, model_frame(aligned[m]), metric.score(judged, model_frame(aligned[m])))
+           for m in names}
+    baseline = min(raw.values(), key=lambda c: c.score[SCORE])
+    singles = [*raw.values(), *([judge([m]) for m in names] if temperature else [])]
+    current = min(singles, key=lambda c: c.score[SCORE])
+    steps = [c.record(c is current) for c in singles]
+    while True:
+        trials = [judge([*current.models, m]) for m in names if m not in current.models]
+        if not trials:
+            break
+        top = min(trials, key=lambda c: c.score[SCORE])
+        accepted = top.score[SCORE] < current.score[SCORE] - MIN_GAIN
+        steps += [c.record(accepted and c is top) for c in trials]
+        log.info("out of fold: %s %.5f (best of %d tried) against %s %.5f: %s", _describe(top),
+                 top.score[SCORE], len(trials), _describe(current), current.score[SCORE],
+                 "taken" if accepted else "kept the latter")
+        if not accepted:
+            break
+        current = top
+    return current, baseline, steps
+
+
 def fit_ensemble(
     oofs: Mapping[str, pd.DataFrame],
     labels: pd.DataFrame,
@@ -84,69 +116,39 @@ def fit_ensemble(
     best = min(names, key=lambda m: singles[m][SCORE])
     current = baseline = _Candidate([best], False, model_frame(aligned[best]), singles[best])
     steps = [current.record(True)]
-
-    def judge(models: list[str]) -> _Candidate:
-        subset = {m: aligned[m] for m in models}
-        oof = nested_predictions(subset, judged, folds, temperature, min_weight)
-        return _Candidate(models, True, oof, metric.score(judged, oof))
-
-    if folds and (temperature or len(names) > 1):
+    something_to_fit = temperature or len(names) > 1
+    if folds and something_to_fit:
         judged = solution[row_folds(solution[ROW_ID].astype(str), folds) >= 0].reset_index(drop=True)
         if len(judged) < len(solution):
             log.warning("%d labeled OOF rows have no fold: the nested scores leave them out",
                         len(solution) - len(judged))
-        raw = {m: _Candidate([m], False, model_frame(aligned[m]), metric.score(judged, model_frame(aligned[m])))
-               for m in names}
-        singles_tried = [*raw.values(), *([judge([m]) for m in names] if temperature else [])]
-        current = min(singles_tried, key=lambda c: c.score[SCORE])
-        steps = [c.record(c is current) for c in singles_tried]
-        baseline = raw[best]
-        while True:
-            trials = [judge([*current.models, m]) for m in names if m not in current.models]
-            if not trials:
-                break
-            top = min(trials, key=lambda c: c.score[SCORE])
-            accepted = top.score[SCORE] < current.score[SCORE] - MIN_GAIN
-            steps += [c.record(accepted and c is top) for c in trials]
-            log.info("out of fold: %s %.5f (best of %d tried) against %s %.5f: %s", _describe(top),
-                     top.score[SCORE], len(trials), _describe(current), current.score[SCORE],
-                     "taken" if accepted else "kept the latter")
-            if not accepted:
-                break
-            current = top
-    elif len(names) > 1 or temperature:
+        current, baseline, steps = select_out_of_fold(aligned, judged, folds, temperature, min_weight)
+    elif something_to_fit:
         log.warning("no CV folds for the OOF rows: a fit cannot be judged out of fold, so the best single model "
                     "(%s) is shipped as it is", best)
 
-    if current.fitted:
-        fitted = fit_blend({m: aligned[m] for m in current.models}, solution, temperature, min_weight)
-        spec = fitted.spec(current.models)
-        group_loss = fitted.group_loss
-    else:
-        spec = single_spec(current.models[0])
-        group_loss = {}
-    in_sample = metric.score(solution, apply_ensemble(spec, {m: aligned[m] for m in current.models}))
-    shipped = _describe(current)
+    chosen = {m: aligned[m] for m in current.models}
+    fitted = fit_blend(chosen, solution, temperature, min_weight) if current.fitted else None
+    spec = fitted.spec(current.models) if fitted else single_spec(current.models[0])
     if current is not baseline:
         why = (f"out of fold {current.score[SCORE]:.5f} beats the best single model as it is, {best} "
                f"({baseline.score[SCORE]:.5f})")
-    elif len(names) > 1 or temperature:
-        why = ("no fitted blend or temperature beat it out of fold" if folds
-               else "no folds to judge a fit out of fold")
+    elif something_to_fit:
+        why = "no fitted blend or temperature beat it out of fold" if folds else "no folds to judge a fit out of fold"
     else:
         why = "the only model, nothing to fit"
-    spec.shipped = f"{shipped}: {why}"
+    spec.shipped = f"{_describe(current)}: {why}"
     spec.experiments = {m: (experiments or {}).get(m, m) for m in names}
     spec.kinds = {m: (kinds or {}).get(m, UNKNOWN_KIND) for m in names}
     spec.oof_scores = singles
     spec.nested_score = current.score
-    spec.in_sample_score = in_sample
+    spec.in_sample_score = metric.score(solution, apply_ensemble(spec, chosen))
     spec.selection = steps
-    studies = {schema.parse_row_id(r)[0] for r in first[ROW_ID]}
     spec.fit = {"objective": FIT_OBJECTIVE, "temperature_fitted": temperature, "min_weight": min_weight,
-                "group_loss": group_loss, "best_single": best, "n_rows": len(first),
-                "n_scored_rows": len(solution), "n_studies": len(studies)}
+                "group_loss": fitted.group_loss if fitted else {}, "best_single": best, "n_rows": len(first),
+                "n_scored_rows": len(solution),
+                "n_studies": len({schema.parse_row_id(r)[0] for r in first[ROW_ID]})}
     log.info("shipped: %s", spec.shipped)
     log.info("ensemble OOF score %.5f out of fold (%.5f on the rows it was fitted on); best single model %s %.5f",
-             current.score[SCORE], in_sample[SCORE], best, singles[best][SCORE])
+             current.score[SCORE], spec.in_sample_score[SCORE], best, singles[best][SCORE])
     return EnsembleFit(spec, current.oof, current.fitted)

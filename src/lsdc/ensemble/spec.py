@@ -17,6 +17,7 @@ from lsdc.io import write_json
 SPEC_JSON = "ensemble.json"
 SPEC_VERSION = 2
 WEIGHT_TOL = 1e-6                  # how far a saved group's weights may sum from 1
+UNKNOWN_KIND = "unknown"           # the kind of an experiment without a readable config.yaml model section
 COMBINE_RULE = "weighted arithmetic mean of per-group tempered probabilities, renormalised per row"
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from lsdc.ensemble.frames import align_oofs, read_oof
-from lsdc.ensemble.select import UNKNOWN_KIND, fit_ensemble
-from lsdc.ensemble.spec import SPEC_JSON, SPEC_VERSION, EnsembleSpec, load_ensemble, save_ensemble
+from lsdc.ensemble.select import fit_ensemble
+from lsdc.ensemble.spec import SPEC_JSON, SPEC_VERSION, UNKNOWN_KIND, EnsembleSpec, load_ensemble, save_ensemble
 from lsdc.ensemble.table import NESTED, comparison_table, table_markdown
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import CONFIG_YAML, OOF_CSV, load_experiment_config

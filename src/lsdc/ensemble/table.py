@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from lsdc import bootstrap, metric, schema
 from lsdc.ensemble.frames import ROW_ID, SEV, align_oofs, model_frame, solution_for
+from lsdc.ensemble.spec import UNKNOWN_KIND
 from lsdc.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def comparison_table(
     first = next(iter(aligned.values()))
     solution = solution_for(labels, first[ROW_ID].tolist())
     frames: dict[str, tuple[str, bool, pd.DataFrame]] = {
-        m: ((kinds or {}).get(m, "unknown"), False, model_frame(df)) for m, df in aligned.items()}
+        m: ((kinds or {}).get(m, UNKNOWN_KIND), False, model_frame(df)) for m, df in aligned.items()}
     if ensemble is not None:
         covered = set(ensemble[ROW_ID].astype(str))
         kept = solution[ROW_ID].astype(str).isin(covered)

@@ -161,10 +161,11 @@ def test_labeled_test_studies_get_the_holdout_table(first_run):
     assert table.loc[SHIPPED, "score_lo"] < table.loc[SHIPPED, "score"] < table.loc[SHIPPED, "score_hi"]
     assert (table.vs == SHIPPED).all() and table.loc[SHIPPED, "diff"] == 0.0
     assert set(spec.models) <= set(table.index)
-    assert {f"{SHIPPED} with fold_average={r}" for r in FOLD_AVERAGES if r != "tempered"} <= set(table.index)
+    rule = PredictConfig().fold_average
+    assert {f"{SHIPPED} with fold_average={r}" for r in FOLD_AVERAGES if r != rule} <= set(table.index)
     folds = pd.read_csv(root / FOLD_PREDICTIONS_CSV)
     assert set(folds.fold) == {0, 1}
     prior = load_prior([first_run["out"] / m for m in spec.models])
-    rebuilt = fill_with_prior(sub.row_id.tolist(), blend_folds(spec, fold_frames_of(folds), "tempered"), prior)
+    rebuilt = fill_with_prior(sub.row_id.tolist(), blend_folds(spec, fold_frames_of(folds), rule), prior)
     np.testing.assert_allclose(rebuilt[list(schema.SEVERITY_COLUMNS)], sub[list(schema.SEVERITY_COLUMNS)],
                                atol=1e-12)

@@ -64,9 +64,10 @@ class PredictConfig:
     #                                                        the only trained experiment there)
     tta: bool = False                     # average with vertically flipped crops
     # How each experiment's fold models are combined before the blend (lsdc.ensemble.FOLD_AVERAGES):
-    # "tempered" averages the folds after the spec's temperatures, which is the average of what the spec
-    # was fitted on (one fold model per OOF row); "probs" tempers the average; "logits" the geometric mean.
-    fold_average: Literal["tempered", "probs", "logits"] = "tempered"
+    # "logits", the normalised geometric mean of the folds, then the spec's temperatures, scored best on the
+    # quality bench's test studies for every model (benchmarks/QUALITY.md); "tempered" averages the folds
+    # after the temperatures (the average of what the spec was fitted on); "probs" tempers their mean.
+    fold_average: Literal["tempered", "probs", "logits"] = "logits"
     # Also write every fold model's test predictions (fold_predictions.csv beside the submission), of every
     # model the ensemble considered (not only those it blends), e.g. to compare the single models and the
     # fold averages on labeled test studies.

@@ -8,7 +8,6 @@ on the same folds. Cells without a crop get the prior of the other folds' labels
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 log = logging.getLogger(__name__)
 
 SCORES_CSV = "localized_oof_scores.csv"
+MADE_FROM = ("localizer", "experiments", "tta")   # the prediction settings a localised OOF depends on
 POINT_COLUMNS = ("study_id", "condition", "level", "series_id", "instance_number", "x", "y", "fold")
 
 
@@ -86,8 +86,8 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     if not names:
         raise DataError(f"no experiment in {weights_dir} has all its folds trained and an {OOF_CSV}: run "
                         "scripts/02_train.py first")
-    inputs = {"config": dataclasses.asdict(cfg), "localizer": [file_state(f) for f in sorted(loc_dir.glob("*"))
-                                                               if f.is_file()],
+    inputs = {"config": {k: getattr(cfg, k) for k in MADE_FROM},
+              "localizer": [file_state(f) for f in sorted(loc_dir.glob("*")) if f.is_file()],
               "experiments": {n: experiment_state(weights_dir / n) for n in names},
               "points": file_state(loc_dir / OOF_POINTS_CSV), "labels": file_state(data_dir / schema.TRAIN_CSV),
               "images": tree_state(images_dir(data_dir, "train"))}

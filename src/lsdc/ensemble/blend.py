@@ -27,11 +27,12 @@ from lsdc.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # How the fold models' probabilities of one experiment become its test prediction:
+# "logits": the normalised geometric mean (mean log-probability), then tempered: as sharp as its members
+#   where they agree (the default of predict.fold_average: best on the quality bench's test studies);
 # "tempered": each fold tempered with the spec's temperature, then averaged: the average of exactly what the
 #   spec was fitted on (one fold model per OOF row);
-# "probs": averaged first, then tempered (an average is already softer than its members);
-# "logits": the normalised geometric mean (mean log-probability), then tempered.
-FOLD_AVERAGES = ("tempered", "probs", "logits")
+# "probs": averaged first, then tempered (an average is already softer than its members).
+FOLD_AVERAGES = ("logits", "tempered", "probs")
 FOLD_SEP = "#fold"   # pseudo-model name of one fold model in the "tempered" rule
 
 
@@ -156,7 +157,7 @@ def average_folds(folds: Sequence[pd.DataFrame], rule: str) -> pd.DataFrame:
 
 
 def blend_folds(spec: EnsembleSpec, fold_predictions: Mapping[str, Sequence[pd.DataFrame]],
-                rule: str = "tempered") -> pd.DataFrame:
+                rule: str = "logits") -> pd.DataFrame:
     """Blend models given as their fold models' frames (test time), the folds combined by ``rule``
     (:data:`FOLD_AVERAGES`). With one fold per model (the OOF) every rule is :func:`apply_ensemble`."""
     if rule not in FOLD_AVERAGES:

@@ -28,7 +28,7 @@ import torch
 import common
 from lsdc import bootstrap, cli, metric, schema
 from lsdc import config as config_mod
-from lsdc.ensemble import FOLD_AVERAGES, NESTED, blend_folds, fit_blend, load_ensemble, single_spec
+from lsdc.ensemble import FOLD_AVERAGES, blend_folds, fit_blend, load_ensemble, single_spec, summary_markdown
 from lsdc.experiment import (
     FOLD_SELECTED_OOF_CSV,
     LOCALIZED_OOF_CSV,
@@ -43,6 +43,7 @@ from lsdc.localized_oof import SCORES_CSV, cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
 
 QUALITY = Path(__file__).resolve().parent / "QUALITY.md"
+RUNS_JSON = "bench_runs.json"   # every run on an output folder: when, how long, each step (kept steps take ~0 s)
 TARGET = 0.02           # the paired difference the bench should resolve (its interval half-width at most this)
 
 
@@ -57,19 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--write", action="store_true", help="write benchmarks/QUALITY.md")
     p.add_argument("--out", type=Path, default=QUALITY, help="where --write puts the report")
     return p.parse_args(argv)
-
-
-def compact(table: pd.DataFrame) -> str:
-    """An OOF comparison table (lsdc.ensemble.comparison_table) without the per-condition columns."""
-    lines = ["| model | score [95% CI] | vs best [95% CI] | " + " | ".join(metric.TERM_KEYS) + " |",
-             "|---|---|---|" + "---|" * len(metric.TERM_KEYS)]
-    for _, r in table.iterrows():
-        name = f"**{r.model}**" if r.model == NESTED else str(r.model)
-        name += " (shipped)" if bool(r.get("shipped", False)) else ""
-        lines.append(f"| {name} | {bootstrap.format_interval(r.score, r.score_lo, r.score_hi, 4)} | "
-                     f"{bootstrap.format_interval(r['diff'], r.diff_lo, r.diff_hi, 4, signed=True)} "
-                     f"(vs {r.vs}) | " + " | ".join(f"{r[k]:.4f}" for k in metric.TERM_KEYS) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def optimism(out: Path, names: list[str], labels: pd.DataFrame) -> pd.DataFrame:
@@ -133,7 +121,17 @@ def device_name() -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({common.nproc()} cores)"
 
 
-def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, seconds: float, load: tuple) -> str:
+def record_run(out: Path, seconds: float, times: dict) -> list[dict]:
+    """Append this run to ``out/bench_runs.json`` and return every run recorded there: a rerun on finished
+    outputs keeps what is done, so its own time says nothing of what the bench costs."""
+    path = out / RUNS_JSON
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append({"date": common.now(), "seconds": round(seconds, 1), "times": times})
+    path.write_text(json.dumps(runs, indent=1) + "\n")
+    return runs
+
+
+def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: list[dict], load: tuple) -> str:
     out = args.output_dir
     spec = result["spec"]
     names = list(spec.oof_scores)
@@ -157,7 +155,8 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, seconds:
         "",
         *common.machine_lines(device_name(), load, common.load_average(),
                               "scores do not depend on load; wall times do"),
-        f"- Wall time: {seconds / 60:.1f} min this run; step times (s): {json.dumps(result['times'])}",
+        *[f"- Run {i + 1} on these outputs ({r['date']}): {r['seconds'] / 60:.1f} min; step times (s): "
+          f"{json.dumps(r['times'])}" for i, r in enumerate(runs)],
         "",
         "Scores are the official weighted log loss (lower is better). Intervals are 95% percentile intervals of a "
         "bootstrap over studies (2000 resamples); differences are paired (every model scored on the same "
@@ -166,7 +165,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, seconds:
         "",
         "## OOF at annotated points",
         "",
-        compact(annotated),
+        summary_markdown(annotated),
         "## What localisation costs each model",
         "",
         "Each training study placed by the localiser fold that did not see it, classified by the model fold that "
@@ -175,7 +174,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, seconds:
         cost_markdown(pd.read_csv(out / SCORES_CSV)),
         "## OOF at held-out localiser points (what test rows see; the ensemble is chosen on it)",
         "",
-        compact(localised),
+        summary_markdown(localised),
         "## What was shipped",
         "",
         f"- {spec.shipped}.",
@@ -225,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     load = common.load_average()
     t0 = time.perf_counter()
     result = run_pipeline(cfg, args.data_dir, args.output_dir)
-    seconds = time.perf_counter() - t0
-    text = report(args, cfg, result, seconds, load)
+    runs = record_run(args.output_dir, time.perf_counter() - t0, result["times"])
+    text = report(args, cfg, result, runs, load)
     sys.stdout.write(text)
     if args.write:
         tmp = args.out.with_suffix(".md.tmp")

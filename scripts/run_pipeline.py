@@ -14,6 +14,7 @@ import sys
 import pandas as pd
 
 from lsdc import cli
+from lsdc.ensemble import summary_markdown
 from lsdc.holdout import holdout_markdown
 from lsdc.localized_oof import cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
@@ -30,15 +31,17 @@ def main(argv: list[str] | None = None) -> int:
           "bootstrap over studies; 'vs best' is each row's difference to the best row on the same resamples.")
     if localised:
         print("\nOOF from crops at annotated points:")
-        print(result["annotated_table"].read_text())
+        print(summary_markdown(pd.read_csv(result["annotated_table"])))
         print("What localisation costs each model (held-out localiser points against annotated points):")
         print(cost_markdown(pd.read_csv(result["localisation_cost"])))
         print("OOF from crops at held-out localiser points (what test rows see; the ensemble is chosen on it):")
-    print(result["oof_table"].read_text())
+    print(summary_markdown(pd.read_csv(result["oof_table"])))
+    print(f"(with per-condition accuracy, F1 and AUC: {result['oof_table_md']})")
     spec = result["spec"]
     print(f"shipped: {spec.shipped}")
-    print(f"its OOF score, judged on rows it was not fitted on: {spec.nested_score['score']:.4f} "
-          f"(on the rows it was fitted on: {spec.in_sample_score['score']:.4f}, optimistic)")
+    fitted = spec.nested_score != spec.in_sample_score
+    print(f"its OOF score, judged on rows nothing was fitted on: {spec.nested_score['score']:.4f}"
+          + (f" (on the rows it was fitted on: {spec.in_sample_score['score']:.4f}, optimistic)" if fitted else ""))
     if result["holdout"] is not None:
         print("\nOn the labeled test studies (test_solution.csv):")
         print(holdout_markdown(result["holdout"]))

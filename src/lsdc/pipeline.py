@@ -126,7 +126,7 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     # the annotated OOF table, for comparison.
     annotated_spec = ANNOTATED_SPEC_JSON if localized else pcfg.ensemble
     table, spec = build_ensemble(output_dir, labels, EnsembleConfig(experiments=names, spec_file=annotated_spec))
-    oof_table = output_dir / table_names(OOF_CSV)[1]
+    oof_table = table_names(OOF_CSV)
     if localized:
         localized_oof(data_dir, output_dir, PredictConfig(localizer=pcfg.localizer, experiments=names,
                                                           tta=pcfg.tta, device=pcfg.device,
@@ -134,7 +134,7 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
                       output_dir / SCORES_CSV)
         table, spec = build_ensemble(output_dir, labels, EnsembleConfig(
             experiments=names, oof_file=LOCALIZED_OOF_CSV, spec_file=pcfg.ensemble))
-        oof_table = output_dir / table_names(LOCALIZED_OOF_CSV)[1]
+        oof_table = table_names(LOCALIZED_OOF_CSV)
     lap("ensemble", s)
 
     s = time.perf_counter()
@@ -153,7 +153,8 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     figures = draw_run_figures(output_dir, names)   # <experiment>/curves.png, oof_chart.png
     lap("figures", s)
     times["total"] = round(time.perf_counter() - t0, 1)
-    return {"oof_table": oof_table, "annotated_table": output_dir / table_names(OOF_CSV)[1],
+    return {"oof_table": output_dir / oof_table[0], "oof_table_md": output_dir / oof_table[1],
+            "annotated_table": output_dir / table_names(OOF_CSV)[0],
             "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
             "spec": spec, "table": table, "localisation_cost": output_dir / SCORES_CSV if localized else None,

@@ -31,12 +31,20 @@ from lsdc.ensemble.step import (
     experiment_kind,
     table_names,
 )
-from lsdc.ensemble.table import ENSEMBLE, NESTED, SHIPPED, TERMS, comparison_table, table_markdown
+from lsdc.ensemble.table import (
+    ENSEMBLE,
+    NESTED,
+    SHIPPED,
+    TERMS,
+    comparison_table,
+    summary_markdown,
+    table_markdown,
+)
 
 __all__ = [
     "ENSEMBLE", "FOLD_AVERAGES", "NESTED", "SHIPPED", "SPEC_JSON", "TABLE_CSV", "TABLE_MD", "TERMS",
     "EnsembleConfig", "EnsembleFit", "EnsembleSpec", "align_oofs", "apply_ensemble", "average_folds",
     "blend_folds", "build_ensemble", "comparison_table", "discover_experiments", "ensemble_oof_name",
     "equal_spec", "experiment_kind", "fit_blend", "fit_ensemble", "load_ensemble", "nested_predictions",
-    "read_oof", "save_ensemble", "single_spec", "table_markdown", "table_names",
+    "read_oof", "save_ensemble", "single_spec", "summary_markdown", "table_markdown", "table_names",
 ]

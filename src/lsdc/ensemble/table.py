@@ -143,3 +143,17 @@ def table_markdown(table: pd.DataFrame) -> str:
         cells += [_cell(row[c], 4 if c in TERMS else 3) for c in rest]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The comparison table's scores only: the official score with its interval, the paired difference to
+    the best row, the four terms (the per-condition metrics stay in the full table)."""
+    lines = ["| model | kind | score [95% CI] | vs best [95% CI] | " + " | ".join(metric.TERM_KEYS) + " |",
+             "|---|---|---|---|" + "---|" * len(metric.TERM_KEYS)]
+    for _, r in table.iterrows():
+        name = f"**{r.model}**" if bool(r.get(ENSEMBLE, False)) else str(r.model)
+        name += " (shipped)" if bool(r.get(SHIPPED, False)) else ""
+        lines.append(f"| {name} | {r.kind} | {bootstrap.format_interval(r[SCORE], r.score_lo, r.score_hi, 4)} | "
+                     f"{bootstrap.format_interval(r['diff'], r.diff_lo, r.diff_hi, 4, signed=True)} (vs {r.vs}) | "
+                     + " | ".join(f"{r[k]:.4f}" for k in metric.TERM_KEYS) + " |")
+    return "\n".join(lines) + "\n"

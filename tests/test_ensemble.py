@@ -285,9 +285,9 @@ def test_align_keeps_the_shared_rows(two_models, labels, caplog):
 def test_table_equals_the_metric_and_sklearn(two_fit, two_models, labels):
     ens = two_fit.oof
     table = comparison_table(two_models, labels, ensemble=ens, kinds={"a": "attention", "b": "densenet201"},
-                             shipped=NESTED)
+                             chosen=NESTED)
     assert list(table.model) == sorted(table.model, key=lambda m: table.set_index("model").loc[m, "score"])
-    assert table.loc[0, "model"] == NESTED and bool(table.loc[0, "ensemble"]) and bool(table.loc[0, "shipped"])
+    assert table.loc[0, "model"] == NESTED and bool(table.loc[0, "ensemble"]) and bool(table.loc[0, "chosen"])
     assert table.shipped.sum() == 1
     # Intervals: paired bootstrap over the same studies, the best row is the reference.
     expected = bootstrap.score_table(metric.solution_from_labels(labels), {**two_models, NESTED: ens})
@@ -298,7 +298,7 @@ def test_table_equals_the_metric_and_sklearn(two_fit, two_models, labels):
         assert got.loc[row.model, "score_lo"] <= got.loc[row.model, "score"] <= got.loc[row.model, "score_hi"]
     assert (table.vs == NESTED).all() and table.loc[0, "diff"] == 0.0
     md = table_markdown(table)
-    assert f"**{NESTED}** (shipped)" in md and "[95% CI]" in md
+    assert f"**{NESTED}** (chosen)" in md and "[95% CI]" in md
     solution = metric.solution_from_labels(labels)
     y = solution[SEV].to_numpy().argmax(axis=1)
     conditions = solution[ROW_ID].map(lambda r: schema.parse_row_id(r)[1]).to_numpy()
@@ -384,7 +384,7 @@ def test_script_writes_table_spec_and_the_ensemble_oof(tmp_path, two_models, lab
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data-dir", str(data), "--output-dir", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert f"| **{NESTED}** (shipped) | ensemble |" in proc.stdout
+    assert f"| **{NESTED}** (chosen) | ensemble |" in proc.stdout
     assert (out / TABLE_MD).read_text() == proc.stdout
     table = pd.read_csv(out / TABLE_CSV)
     assert set(table.model) == {"attention_smoke", "resnet101_smoke", NESTED}

@@ -32,9 +32,9 @@ from lsdc.ensemble.step import (
     table_names,
 )
 from lsdc.ensemble.table import (
+    CHOSEN,
     ENSEMBLE,
     NESTED,
-    SHIPPED,
     TERMS,
     comparison_table,
     summary_markdown,
@@ -42,7 +42,7 @@ from lsdc.ensemble.table import (
 )
 
 __all__ = [
-    "ENSEMBLE", "FOLD_AVERAGES", "NESTED", "SHIPPED", "SPEC_JSON", "TABLE_CSV", "TABLE_MD", "TERMS",
+    "CHOSEN", "ENSEMBLE", "FOLD_AVERAGES", "NESTED", "SPEC_JSON", "TABLE_CSV", "TABLE_MD", "TERMS",
     "EnsembleConfig", "EnsembleFit", "EnsembleSpec", "align_oofs", "apply_ensemble", "average_folds",
     "blend_folds", "build_ensemble", "comparison_table", "discover_experiments", "ensemble_oof_name",
     "equal_spec", "experiment_kind", "fit_blend", "fit_ensemble", "load_ensemble", "nested_predictions",

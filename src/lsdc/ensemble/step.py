@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TABLE_CSV = "oof_table.csv"
 TABLE_MD = "oof_table.md"
+TABLE_FORMAT = 2                   # bump when the table's columns change, so kept tables are written again
 ABLATION_KIND = "ablation"         # the attention model with one of its components switched off
 
 
@@ -121,7 +122,7 @@ def build_ensemble(
     table_csv, table_md = table_names(cfg.oof_file)
     spec_path = output_dir / cfg.spec_file
     folds_path = _shared_folds(output_dir, [found[n].parent for n in names])
-    inputs = {"version": SPEC_VERSION, "config": dataclasses.asdict(cfg),
+    inputs = {"version": SPEC_VERSION, "table": TABLE_FORMAT, "config": dataclasses.asdict(cfg),
               "oofs": {n: file_state(found[n]) for n in names},
               "configs": {n: file_state(found[n].parent / CONFIG_YAML) for n in names},
               "folds": file_state(folds_path) if folds_path else None,
@@ -139,7 +140,7 @@ def build_ensemble(
                        kinds=kinds, experiments={n: found[n].parent.name for n in names}, folds=folds)
     spec = fit.spec
     table = comparison_table(oofs, train_labels, ensemble=fit.oof if fit.fitted else None, kinds=kinds,
-                             shipped=NESTED if fit.fitted else spec.models[0])
+                             chosen=NESTED if fit.fitted else spec.models[0])
     write_csv(table, output_dir / table_csv)
     write_text(output_dir / table_md, table_markdown(table))
     write_csv(fit.oof, output_dir / ensemble_oof_name(cfg.spec_file))

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 NESTED = "ensemble (nested)"       # the ensemble with each fold blended by what was fitted on the other folds
 ENSEMBLE = "ensemble"              # the ensemble row's kind, and the table's column marking it
-SHIPPED = "shipped"                # the table's column marking what prediction uses
+CHOSEN = "chosen"                  # the table's column marking what its ensemble step chose to ship
 SCORE = metric.SCORE_KEY
 TERMS: tuple[str, ...] = (SCORE, *metric.TERM_KEYS)
 METRICS: tuple[str, ...] = ("acc", "f1", "auc")
@@ -75,15 +75,15 @@ def comparison_table(
     *,
     ensemble: pd.DataFrame | None = None,
     kinds: Mapping[str, str] | None = None,
-    shipped: str | None = None,
+    chosen: str | None = None,
     n_resamples: int = bootstrap.N_RESAMPLES,
     seed: int = bootstrap.SEED,
 ) -> pd.DataFrame:
     """One row per model (and the ensemble, if given), sorted by official score, on the shared OOF rows.
 
     ``ensemble``: the ensemble's OOF predictions judged out of fold (nested), listed as :data:`NESTED`.
-    ``shipped``: the model name (or :data:`NESTED`) prediction uses, marked in the ``shipped`` column.
-    Columns: model, kind, ensemble, shipped, the official score with its 95% interval (``score_lo``,
+    ``chosen``: the model name (or :data:`NESTED`) this table's ensemble step chose to ship, marked in the
+    ``chosen`` column. Columns: model, kind, ensemble, chosen, the official score with its 95% interval (``score_lo``,
     ``score_hi``) and its paired difference to the best row (``diff``, ``diff_lo``, ``diff_hi``, ``vs``), the
     four terms, then per condition ``<condition>_acc``, ``_f1``, ``_auc``. ``labels``: train.csv-shaped frame
     or scoring-format solution. All rows are scored on the same studies, resampled together.
@@ -108,7 +108,7 @@ def comparison_table(
     rows = []
     for name, (kind, is_ens, df) in frames.items():
         result = metric.score(solution, df)
-        rows.append({"model": name, "kind": kind, ENSEMBLE: is_ens, SHIPPED: name == shipped,
+        rows.append({"model": name, "kind": kind, ENSEMBLE: is_ens, CHOSEN: name == chosen,
                      SCORE: result[SCORE], **{k: intervals.loc[name, k] for k in bootstrap.COLUMNS},
                      **{k: result[k] for k in metric.TERM_KEYS}, **_condition_metrics(solution, df)})
     return pd.DataFrame(rows).sort_values(SCORE, kind="stable").reset_index(drop=True)
@@ -122,10 +122,10 @@ def _cell(value: Any, decimals: int) -> str:
 
 def table_markdown(table: pd.DataFrame) -> str:
     """The comparison table as markdown: the score with its 95% interval, the paired difference to the best
-    row with its interval, the terms to 4 decimals, other metrics to 3; the ensemble in bold, the shipped
+    row with its interval, the terms to 4 decimals, other metrics to 3; the ensemble in bold, the chosen
     row marked."""
     has_ci = "score_lo" in table.columns
-    skip = {ENSEMBLE, SHIPPED, *bootstrap.COLUMNS, *((SCORE,) if has_ci else ())}
+    skip = {ENSEMBLE, CHOSEN, *bootstrap.COLUMNS, *((SCORE,) if has_ci else ())}
     rest = [c for c in table.columns if c not in skip and c not in ("model", "kind")]
     head = ["model", "kind"]
     if has_ci:
@@ -134,8 +134,8 @@ def table_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in table.iterrows():
         name = f"**{row['model']}**" if bool(row.get(ENSEMBLE, False)) else str(row["model"])
-        if bool(row.get(SHIPPED, False)):
-            name += " (shipped)"
+        if bool(row.get(CHOSEN, False)):
+            name += " (chosen)"
         cells = [name, str(row["kind"])]
         if has_ci:
             cells += [bootstrap.format_interval(row[SCORE], row.score_lo, row.score_hi, 4),
@@ -152,7 +152,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
              "|---|---|---|---|" + "---|" * len(metric.TERM_KEYS)]
     for _, r in table.iterrows():
         name = f"**{r.model}**" if bool(r.get(ENSEMBLE, False)) else str(r.model)
-        name += " (shipped)" if bool(r.get(SHIPPED, False)) else ""
+        name += " (chosen)" if bool(r.get(CHOSEN, False)) else ""
         lines.append(f"| {name} | {r.kind} | {bootstrap.format_interval(r[SCORE], r.score_lo, r.score_hi, 4)} | "
                      f"{bootstrap.format_interval(r['diff'], r.diff_lo, r.diff_hi, 4, signed=True)} (vs {r.vs}) | "
                      + " | ".join(f"{r[k]:.4f}" for k in metric.TERM_KEYS) + " |")

@@ -8,7 +8,7 @@
 - ``<outputs>/oof_chart.png``: the OOF comparison table(s) the ensemble step writes (``oof_table.csv`` at
   annotated points, ``oof_localized_table.csv`` at held-out localiser points) as bars: one panel per score
   (the official score with its 95% interval, and its four terms), one row per model and the ensemble
-  (judged out of fold; the shipped row marked), annotated and localised side by side, each bar labelled
+  (judged out of fold; the row each ensemble step chose marked), annotated and localised side by side, each bar labelled
   with its value.
 
 Drawn at the end of :func:`lsdc.pipeline.run_pipeline` and by ``scripts/plot_runs.py``; a figure whose
@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
-from lsdc.ensemble import ENSEMBLE, SHIPPED, TERMS, table_names
+from lsdc.ensemble import CHOSEN, ENSEMBLE, TERMS, table_names
 from lsdc.experiment import EPOCHS_CSV, LOCALIZED_OOF_CSV, METRICS_JSON, OOF_CSV
 from lsdc.report.figures import _save
 from lsdc.stamps import file_state, is_current, write_stamp
@@ -205,8 +205,8 @@ def plot_oof_chart(output_dir: str | Path, path: str | Path | None = None) -> Pa
         ax.set_title(TERM_TITLES.get(term, term), fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-    shipped = {m for df in tables.values() if SHIPPED in df for m in df.model[df[SHIPPED].astype(bool)]}
-    axes[0].set_yticks(y, [f"{m} (shipped)" if m in shipped else m for m in order], fontsize=9)
+    chosen = {m for df in tables.values() if CHOSEN in df for m in df.model[df[CHOSEN].astype(bool)]}
+    axes[0].set_yticks(y, [f"{m} (chosen)" if m in chosen else m for m in order], fontsize=9)
     axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(tables), fontsize=9,
                frameon=False)

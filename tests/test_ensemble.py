@@ -288,7 +288,7 @@ def test_table_equals_the_metric_and_sklearn(two_fit, two_models, labels):
                              chosen=NESTED)
     assert list(table.model) == sorted(table.model, key=lambda m: table.set_index("model").loc[m, "score"])
     assert table.loc[0, "model"] == NESTED and bool(table.loc[0, "ensemble"]) and bool(table.loc[0, "chosen"])
-    assert table.shipped.sum() == 1
+    assert table.chosen.sum() == 1
     # Intervals: paired bootstrap over the same studies, the best row is the reference.
     expected = bootstrap.score_table(metric.solution_from_labels(labels), {**two_models, NESTED: ens})
     got = table.set_index("model")

@@ -148,7 +148,7 @@ def fit_ensemble(
                 "group_loss": fitted.group_loss if fitted else {}, "best_single": best, "n_rows": len(first),
                 "n_scored_rows": len(solution),
                 "n_studies": len({schema.parse_row_id(r)[0] for r in first[ROW_ID]})}
-    log.info("shipped: %s", spec.shipped)
+    log.info("chosen to ship: %s", spec.shipped)
     log.info("ensemble OOF score %.5f out of fold (%.5f on the rows it was fitted on); best single model %s %.5f",
              current.score[SCORE], spec.in_sample_score[SCORE], best, singles[best][SCORE])
     return EnsembleFit(spec, current.oof, current.fitted)

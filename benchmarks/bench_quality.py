@@ -37,8 +37,8 @@ from lsdc.experiment import (
     load_prior,
     resolve_device,
 )
-from lsdc.holdout import fold_frames_of, holdout_markdown
 from lsdc.inference import FOLD_PREDICTIONS_CSV
+from lsdc.labeled_test import fold_frames_of, labeled_test_markdown
 from lsdc.localized_oof import SCORES_CSV, cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
 
@@ -74,8 +74,8 @@ def optimism(out: Path, names: list[str], labels: pd.DataFrame) -> pd.DataFrame:
         t = bootstrap.score_table(solution, {"honest": honest, "fold": chosen_on_fold}, reference="honest")
         h, f = t.set_index("model").loc["honest"], t.set_index("model").loc["fold"]
         rows.append({"model": n, "honest": h.score, "honest_lo": h.score_lo, "honest_hi": h.score_hi,
-                     "fold_selected": f.score, "optimism": f["diff"], "optimism_lo": f.diff_lo,
-                     "optimism_hi": f.diff_hi})
+                     "fold_selected": f.score, "optimism": 0.0 - f["diff"], "optimism_lo": 0.0 - f.diff_hi,
+                     "optimism_hi": 0.0 - f.diff_lo})   # honest minus fold-selected: > 0 flattered the OOF
     return pd.DataFrame(rows)
 
 
@@ -138,7 +138,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
     labels = pd.read_csv(args.data_dir / schema.TRAIN_CSV)
     annotated = pd.read_csv(out / "oof_table.csv")
     localised = pd.read_csv(out / "oof_localized_table.csv")
-    holdout = result["holdout"]
+    test_scores = result["test_scores"]
     opt = optimism(out, names, labels)
     fa = fold_average_table(out, args.data_dir, Path(result["submission"]), names)
     med_a, max_a = power(annotated)
@@ -190,7 +190,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
     lines += ["## The held-out test studies", "",
               f"{cfg.synthetic.test_studies} test studies the pipeline localised and predicted without coordinates, "
               "scored against `test_solution.csv`; differences to the shipped submission, paired.", "",
-              holdout_markdown(holdout) if holdout is not None else "(no labeled test studies)", ""]
+              labeled_test_markdown(test_scores) if test_scores is not None else "(no labeled test studies)", ""]
     lines += ["## How optimistic the OOF was when the held-out fold chose its checkpoint", "",
               "Same run: each fold's epoch chosen by the validation studies carved out of its training studies "
               "(the OOF this project reports) against the epoch the held-out fold's own loss would have chosen "
@@ -198,7 +198,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
               "| model | OOF, validation studies choose [95% CI] | OOF, held-out fold chooses | optimism [95% CI] |",
               "|---|---|---|---|"]
     lines += [f"| {r.model} | {interval_cell(r, 'honest', 'honest_lo', 'honest_hi')} | {r.fold_selected:.4f} | "
-              f"{bootstrap.format_interval(0.0 - r.optimism, 0.0 - r.optimism_hi, 0.0 - r.optimism_lo, 4, True)} |"
+              f"{interval_cell(r, 'optimism', 'optimism_lo', 'optimism_hi', signed=True)} |"
               for _, r in opt.iterrows()]
     lines += ["", "## Fold averages on the test studies", "",
               "Each model with per-group temperatures fitted on its localised OOF (one fold model per row), its "

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Compare the experiments' out-of-fold predictions and fit their ensemble with the official metric.
+"""Compare the experiments' out-of-fold predictions and choose their ensemble out of fold with the official metric.
 
-Reads every <output-dir>/<experiment>/oof.csv (or those named by --experiments) and train.csv, fits
-per-group model weights and temperatures on the shared OOF rows (never worse than the best single
-model), and writes <output-dir>/oof_table.csv, oof_table.md and ensemble.json (the spec that
-05_predict.py applies to test predictions). Prints the markdown table on stdout.
+Reads every <output-dir>/<experiment>/oof.csv (or those named by --experiments; --set
+oof_file=oof_localized.csv for the OOF at held-out localiser points) and train.csv, and chooses what to
+ship on rows nothing was fitted on: each model as it is, with fitted temperatures, and blends grown by
+forward selection, each judged nested (every fold blended with what was fitted on the other folds; needs
+the experiments' folds_<k>.csv). Writes <output-dir>/oof_table.csv and oof_table.md (every model and the
+nested ensemble with 95% intervals and paired differences), ensemble.json (the choice, with the reason and
+every candidate's score; 05_predict.py applies it) and ensemble_oof.csv (its nested OOF). Prints the table.
 """
 
 from __future__ import annotations

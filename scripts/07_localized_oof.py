@@ -6,7 +6,8 @@ Each training study is placed by the localiser fold that did not see it (oof_poi
 fold (with flips when --set tta=true, as prediction would). Prints, per model, the official score from
 localised points next to the usual OOF from annotated points, each with its 95% interval, and their paired
 difference; writes <experiment>/oof_localized.csv (04_ensemble.py --set oof_file=oof_localized.csv fits on
-them) and <output-dir>/localized_oof_scores.csv. Models: --set experiments=[a,b] (default: every trained one).
+them) and <output-dir>/localized_oof_scores.csv. Models: --set experiments=[a,b] (default: every experiment
+with all its folds trained).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lsdc import cli
 from lsdc.ensemble import summary_markdown
-from lsdc.holdout import holdout_markdown
+from lsdc.labeled_test import labeled_test_markdown
 from lsdc.localized_oof import cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
 
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(with per-condition accuracy, F1 and AUC: {result['oof_table_md']})")
     spec = result["spec"]
     print(f"shipped: {spec.shipped}")
-    fitted = spec.nested_score != spec.in_sample_score
     print(f"its OOF score, judged on rows nothing was fitted on: {spec.nested_score['score']:.4f}"
-          + (f" (on the rows it was fitted on: {spec.in_sample_score['score']:.4f}, optimistic)" if fitted else ""))
-    if result["holdout"] is not None:
+          + (f" (on the rows it was fitted on: {spec.in_sample_score['score']:.4f}, optimistic)"
+             if spec.fitted else ""))
+    if result["test_scores"] is not None:
         print("\nOn the labeled test studies (test_solution.csv):")
-        print(holdout_markdown(result["holdout"]))
+        print(labeled_test_markdown(result["test_scores"]))
     print("localiser, held out (annotated points):")
     print("| group | median error (mm) | slice accuracy | within 10 mm | placed |")
     print("|---|---|---|---|---|")

@@ -22,10 +22,10 @@ from lsdc import metric, schema
 from lsdc.ensemble import FOLD_AVERAGES, blend_folds
 from lsdc.errors import DataError
 from lsdc.experiment import fill_with_prior, load_prior
-from lsdc.holdout import SHIPPED, fold_frames_of
 from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
+from lsdc.labeled_test import SHIPPED, fold_frames_of
 from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, VIEWS, LocalizerExperiment, train_localizer
-from lsdc.pipeline import HOLDOUT_CSV, PipelineConfig, StepRef, run_pipeline
+from lsdc.pipeline import TEST_SCORES_CSV, PipelineConfig, StepRef, run_pipeline
 from tiny import tiny_experiment, tiny_localizer
 
 TINY = tiny_experiment("tiny", epochs=1, patience=1)
@@ -147,15 +147,15 @@ def test_predict_finds_what_the_pipeline_made(first_run, tmp_path):
         shutil.rmtree(second)
 
 
-def test_labeled_test_studies_get_the_holdout_table(first_run):
+def test_labeled_test_studies_get_the_labeled_test_table(first_run):
     """On data with test labels the pipeline keeps every fold model's test predictions; the submission is
-    their blend by the configured fold average, and the holdout table scores it (with its interval) next to
+    their blend by the configured fold average, and the labeled test table scores it (with its interval) next to
     each model alone and the other fold averages, all paired on the same resampled test studies."""
     root, data = first_run["root"], first_run["data"]
     result, spec = first_run["result"], first_run["result"]["spec"]
     sub = pd.read_csv(root / "submission.csv")
-    table = pd.read_csv(first_run["out"] / HOLDOUT_CSV).set_index("model")
-    assert table.equals(result["holdout"].set_index("model"))
+    table = pd.read_csv(first_run["out"] / TEST_SCORES_CSV).set_index("model")
+    assert table.equals(result["test_scores"].set_index("model"))
     solution = metric.load_solution(data / schema.TEST_SOLUTION_CSV)
     assert table.loc[SHIPPED, "score"] == pytest.approx(metric.score(solution, sub)["score"], abs=1e-12)
     assert table.loc[SHIPPED, "score_lo"] < table.loc[SHIPPED, "score"] < table.loc[SHIPPED, "score_hi"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 import lsdc.train as train_mod
 from lsdc import schema
-from lsdc.errors import ConfigError
+from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import load_checkpoint, prior_probabilities, select_logits
 from lsdc.paper import paper_summary
+from lsdc.stamps import stamp_path
 from lsdc.train import train_experiment, weighted_ce
 
 ROOT = Path(__file__).parents[1]
@@ -74,6 +76,8 @@ def test_validation_studies_are_drawn_from_the_training_studies_by_study():
     assert train_mod.validation_studies(studies, 0.0, seed=42, fold=1) == set()
     assert len(train_mod.validation_studies(studies[:3], 0.01, seed=0, fold=0)) == 1       # at least one
     assert len(train_mod.validation_studies(studies[:2], 0.9, seed=0, fold=0)) == 1        # one left to train
+    with pytest.raises(DataError, match="fold 3: 1 training study"):
+        train_mod.validation_studies(studies[:1], 0.15, seed=0, fold=3)
 
 
 def test_the_held_out_fold_never_chooses_its_checkpoint(smoke_run):
@@ -138,6 +142,31 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
     # The held-out fold's own choice survived the interruption (kept in last.pt's state).
     chosen = int(epochs.epoch[epochs.fold_loss.idxmin()])
     assert metrics["fold_selected_epoch"] == chosen and (fold_dir / "val_preds_fold_selected.csv").is_file()
+
+
+def test_an_interrupted_fold_from_other_inputs_starts_again(smoke_run, monkeypatch, caplog):
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="restart")
+    cfg.train = dataclasses.replace(cfg.train, epochs=2, patience=10, max_steps_per_epoch=1)
+    cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
+    real_predict, calls = train_mod.predict_batches, {"n": 0}
+
+    def crash(*args, **kwargs):                     # in the second epoch, after the first's last.pt
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "predict_batches", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+    last = smoke_run["out"] / cfg.experiment / "fold0" / "last.pt"
+    assert last.is_file()
+    stamp_path(last).unlink()          # a last.pt whose inputs nobody recorded (older code, another run)
+    monkeypatch.setattr(train_mod, "predict_batches", real_predict)
+    with caplog.at_level(logging.INFO, logger="lsdc.train"):
+        train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+    assert "training it again" in caplog.text
+    assert not last.exists() and not stamp_path(last).exists()
 
 
 def test_other_settings_in_the_same_folder_are_refused(smoke_run):

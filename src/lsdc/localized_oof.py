@@ -91,7 +91,8 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
               "experiments": {n: experiment_state(weights_dir / n) for n in names},
               "points": file_state(loc_dir / OOF_POINTS_CSV), "labels": file_state(data_dir / schema.TRAIN_CSV),
               "images": tree_state(images_dir(data_dir, "train"))}
-    if out_path is not None and is_current(out_path, inputs):
+    if out_path is not None and is_current(out_path, inputs) and all(
+            (weights_dir / n / LOCALIZED_OOF_CSV).is_file() for n in names):
         log.info("%s is up to date (same localiser, models and settings)", out_path)
         return pd.read_csv(out_path)
     device = resolve_device(cfg.device)

@@ -57,6 +57,7 @@ def paper_summary(df: pd.DataFrame) -> dict[str, Any]:
 
 
 INTERVAL_METRICS = ("accuracy", "f1", "auc")   # the metrics the report gives 95% intervals for
+RESAMPLE_CHUNK = 250                             # resamples weighed at once
 
 
 def _weighted_auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -79,12 +80,15 @@ def resampled_paper_scores(df: pd.DataFrame, studies: np.ndarray, counts: np.nda
     ``studies`` (``counts``: (B, len(studies)) draws, :func:`lsdc.bootstrap.resample_counts`): a crop counts
     as often as its study was drawn. Equal to :func:`paper_scores` on the repeated crops."""
     pos = np.searchsorted(studies, df.study_id.to_numpy())
-    w = counts[:, pos]                                              # (B, n) weight of each crop
     y = df.target.to_numpy().astype(int)
     p = df.severe.to_numpy().astype(float)
     pred = (p >= THRESHOLD).astype(int)
-    tp, fp, fn = (w @ ((pred == a) & (y == b)).astype(float) for a, b in ((1, 1), (1, 0), (0, 1)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = (w @ (pred == y).astype(float)) / w.sum(axis=1)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    return {"accuracy": accuracy, "f1": f1, "auc": _weighted_auc(w, y, p)}
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in INTERVAL_METRICS}
+    for start in range(0, len(counts), RESAMPLE_CHUNK):   # (chunk, n) weights at a time: memory stays bounded
+        w = counts[start:start + RESAMPLE_CHUNK, pos]
+        tp, fp, fn = (w @ ((pred == a) & (y == b)).astype(float) for a, b in ((1, 1), (1, 0), (0, 1)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts["accuracy"].append((w @ (pred == y).astype(float)) / w.sum(axis=1))
+            parts["f1"].append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
+        parts["auc"].append(_weighted_auc(w, y, p))
+    return {m: np.concatenate(v) for m, v in parts.items()}

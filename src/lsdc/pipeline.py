@@ -19,9 +19,9 @@ from lsdc.ensemble import EnsembleConfig, build_ensemble, table_names
 from lsdc.errors import ConfigError
 from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, ExperimentConfig, load_prior
 from lsdc.folds import prepare_folds
-from lsdc.holdout import read_holdout
 from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
 from lsdc.io import write_csv
+from lsdc.labeled_test import read_labeled_test
 from lsdc.localize import LocalizerExperiment, train_localizer
 from lsdc.localized_oof import SCORES_CSV, localized_oof
 from lsdc.report.runs import draw_run_figures
@@ -29,7 +29,7 @@ from lsdc.synthetic import SyntheticConfig, generate
 from lsdc.train import train_experiment, train_on_devices
 
 log = logging.getLogger(__name__)
-HOLDOUT_CSV = "holdout_scores.csv"   # the submission, each model and fold average on labeled test studies
+TEST_SCORES_CSV = "test_scores.csv"   # the submission, each model and fold average on labeled test studies
 ANNOTATED_SPEC_JSON = "ensemble_annotated.json"   # the blend fitted on annotated-point OOF, for comparison
 
 
@@ -140,13 +140,13 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     s = time.perf_counter()
     submission = Path(cfg.submission)
     predict_submission(data_dir, output_dir, submission, pcfg)
-    holdout = None
+    test_scores = None
     if labeled_test:
-        holdout = read_holdout(data_dir, submission, submission.with_name(FOLD_PREDICTIONS_CSV), spec,
+        test_scores = read_labeled_test(data_dir, submission, submission.with_name(FOLD_PREDICTIONS_CSV), spec,
                                load_prior([output_dir / spec.experiments.get(m, m) for m in spec.models]),
                                pcfg.fold_average)
-        if holdout is not None:
-            write_csv(holdout, output_dir / HOLDOUT_CSV)
+        if test_scores is not None:
+            write_csv(test_scores, output_dir / TEST_SCORES_CSV)
     lap("predict", s)
 
     s = time.perf_counter()
@@ -158,4 +158,4 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
             "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
             "spec": spec, "table": table, "localisation_cost": output_dir / SCORES_CSV if localized else None,
-            "holdout": holdout}
+            "test_scores": test_scores}

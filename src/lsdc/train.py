@@ -73,7 +73,7 @@ from lsdc.localize import OOF_POINTS_CSV, find_localizer
 from lsdc.metric import score, solution_from_labels
 from lsdc.models import count_parameters, create_model
 from lsdc.paper import PAPER_CLASSES, paper_summary, paper_targets
-from lsdc.stamps import file_state, is_stale, stamp_path, write_stamp
+from lsdc.stamps import file_state, is_current, is_stale, stamp_path, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +324,14 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
 
 def validation_studies(studies: np.ndarray, share: float, seed: int, fold: int) -> set[int]:
     """The share of a fold's training studies set apart to choose its epoch: drawn by study from a generator
-    seeded by (seed, fold), at least one study when ``share`` > 0, none when it is 0."""
+    seeded by (seed, fold), at least one study (and one left to train on) when ``share`` > 0, none when it
+    is 0; DataError when there are fewer than two training studies to split."""
     studies = np.unique(np.asarray(studies, dtype=np.int64))
     if share <= 0:
         return set()
+    if len(studies) < 2:
+        raise DataError(f"fold {fold}: {len(studies)} training study, too few to set validation studies apart "
+                        "(train.val_share=0 chooses the epoch on the held-out fold instead, optimistically)")
     n = min(len(studies) - 1, max(1, round(share * len(studies))))
     return set(np.random.default_rng([seed, fold]).permutation(studies)[:n].tolist())
 
@@ -482,6 +486,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
                "params": count_parameters(best_model), "device": str(device), "processes": d.world}
     write_json(out / METRICS_JSON, metrics)
     last.unlink(missing_ok=True)
+    stamp_path(last).unlink(missing_ok=True)
     return metrics
 
 
@@ -581,14 +586,17 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     for fold in selected:
         out = fold_dir(exp_dir, fold)
         done = out / METRICS_JSON
-        if d.main and is_stale(done, inputs):
-            log.info("fold %d was trained from other crops or folds: training it again", fold)
+        last = out / LAST_PT
+        if d.main and (is_stale(done, inputs) or (last.is_file() and not is_current(last, inputs))):
+            log.info("fold %d was trained or started from other crops, folds or settings: training it again", fold)
             shutil.rmtree(out)
         _barrier(d)
         if done.is_file() and (out / VAL_PREDS_CSV).is_file():
             log.info("fold %d already trained; kept", fold)
             fold_metrics.append(json.loads(done.read_text()))
             continue
+        if d.main:   # what the fold is trained from: an interrupted fold resumes only from the same inputs
+            write_stamp(last, inputs)
         fold_metrics.append(train_fold(cfg, table, arrays, fold, out, d))
         if d.main:
             write_stamp(done, inputs)

@@ -8,9 +8,13 @@ that score cannot choose between a blend and a single model. Here every candidat
 2. forward selection: the model whose addition to the current set gives the best nested blend is added,
    as long as the nested score improves.
 
-The last accepted candidate is fitted once more on all rows and shipped; its nested score is the score
-reported. A model that does not help out of fold (pure noise, a copy of another) is never added, so it gets
-no weight. Without folds nothing can be judged out of fold, and the best single model is shipped.
+A fitted candidate is taken only when it beats the current choice by more than ``MIN_GAIN``. The last one
+taken is fitted once more on all rows and shipped; its nested score is the score reported. Its weights never
+saw the rows that score it, but the choice among the candidates was made on those same scores, so where
+candidates are close the winner's score can flatter it a little (judging the whole choice out of fold would
+need the selection nested once more, inside each fold). A model that does not help out of fold (pure noise,
+a copy of another) is never added, so it gets no weight. Without folds nothing can be judged out of fold, and
+the best single model is shipped.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from lsdc.ensemble.spec import UNKNOWN_KIND, EnsembleSpec, single_spec
 
 log = logging.getLogger(__name__)
 
-MIN_GAIN = 1e-6            # a candidate must beat the current choice out of fold by more than this
+# A fitted candidate must beat the current choice out of fold by more than this: the choice among candidates
+# is made on the same nested scores that are reported, so a smaller gain could be the luck of the choice.
+MIN_GAIN = 1e-3
 
 
 @dataclass
@@ -73,9 +79,12 @@ def select_out_of_fold(aligned: Mapping[str, pd.DataFrame], judged: pd.DataFrame
     raw = {m: _Candidate([m], False, model_frame(aligned[m]), metric.score(judged, model_frame(aligned[m])))
            for m in names}
     baseline = min(raw.values(), key=lambda c: c.score[SCORE])
-    singles = [*raw.values(), *([judge([m]) for m in names] if temperature else [])]
-    current = min(singles, key=lambda c: c.score[SCORE])
-    steps = [c.record(c is current) for c in singles]
+    tempered = [judge([m]) for m in names] if temperature else []
+    current = baseline
+    if tempered:
+        top = min(tempered, key=lambda c: c.score[SCORE])
+        current = top if top.score[SCORE] < baseline.score[SCORE] - MIN_GAIN else baseline
+    steps = [c.record(c is current) for c in (*raw.values(), *tempered)]
     while True:
         trials = [judge([*current.models, m]) for m in names if m not in current.models]
         if not trials:
@@ -138,6 +147,7 @@ def fit_ensemble(
     else:
         why = "the only model, nothing to fit"
     spec.shipped = f"{_describe(current)}: {why}"
+    spec.fitted = current.fitted
     spec.experiments = {m: (experiments or {}).get(m, m) for m in names}
     spec.kinds = {m: (kinds or {}).get(m, UNKNOWN_KIND) for m in names}
     spec.oof_scores = singles

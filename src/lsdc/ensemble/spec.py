@@ -40,6 +40,7 @@ class EnsembleSpec:
     nested_score: dict[str, float] = field(default_factory=dict)
     in_sample_score: dict[str, float] = field(default_factory=dict)   # the same, fitted and scored on all rows
     shipped: str = ""                                   # what was chosen and why, in words
+    fitted: bool = False                                # weights or temperatures were fitted (False: as it is)
     selection: list[dict[str, Any]] = field(default_factory=list)     # each candidate tried, its nested score
     fit: dict[str, Any] = field(default_factory=dict)   # objective, group losses, row counts
     combine: str = COMBINE_RULE

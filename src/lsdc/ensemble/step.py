@@ -127,7 +127,8 @@ def build_ensemble(
               "configs": {n: file_state(found[n].parent / CONFIG_YAML) for n in names},
               "folds": file_state(folds_path) if folds_path else None,
               "labels": digest(train_labels.to_csv(index=False))}
-    if is_current(spec_path, inputs) and (output_dir / table_csv).is_file():
+    if is_current(spec_path, inputs) and all((output_dir / f).is_file()
+                                             for f in (table_csv, table_md, ensemble_oof_name(cfg.spec_file))):
         log.info("%s is up to date (same OOF, folds, labels and settings)", spec_path)
         return pd.read_csv(output_dir / table_csv), load_ensemble(spec_path)
     oofs = align_oofs({n: read_oof(found[n]) for n in names})

@@ -210,8 +210,8 @@ def plot_oof_chart(output_dir: str | Path, path: str | Path | None = None) -> Pa
     axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(tables), fontsize=9,
                frameon=False)
-    fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better; "
-                 "bars on the score: 95% interval, bootstrap over studies)", fontsize=11)
+    fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better; bars on the "
+                 "score: 95% interval, bootstrap over studies; (chosen): what an ensemble step chose)", fontsize=11)
     return _save(fig, Path(path) if path else output_dir / OOF_CHART_PNG)
 
 

@@ -28,18 +28,22 @@ def intervals(frames: dict[str, pd.DataFrame], reference: str | None = None,
               n_resamples: int = bootstrap.N_RESAMPLES, seed: int = bootstrap.SEED) -> dict[str, dict[str, float]]:
     """Per frame of predictions: the 95% interval of each of :data:`INTERVAL_METRICS` over resampled studies
     (``<metric>_lo``, ``<metric>_hi``), and with ``reference`` the paired difference to it (``d_<metric>``
-    with ``d_<metric>_lo``, ``d_<metric>_hi``), every frame on the same resamples."""
+    with ``d_<metric>_lo``, ``d_<metric>_hi``), every frame on the same resamples; NaN differences for a
+    frame of other studies than the reference's (a difference would mix two test sets)."""
     studies = np.unique(np.concatenate([f.study_id.to_numpy() for f in frames.values()]))
     counts = bootstrap.resample_counts(len(studies), n_resamples, seed)
     samples = {k: resampled_paper_scores(f, studies, counts) for k, f in frames.items()}
     points = {k: paper_scores(f) for k, f in frames.items()}
+    same = {k: reference is not None and set(f.study_id) == set(frames[reference].study_id) for k, f in frames.items()}
     out: dict[str, dict[str, float]] = {}
     for k in frames:
         row: dict[str, float] = {}
         for m in INTERVAL_METRICS:
             lo, hi = bootstrap.interval(samples[k][m])
             row.update({f"{m}_lo": float(lo), f"{m}_hi": float(hi)})
-            if reference is not None:
+            if reference is not None and not same[k]:   # other studies: no paired difference
+                row.update({f"d_{m}": np.nan, f"d_{m}_lo": np.nan, f"d_{m}_hi": np.nan})
+            elif reference is not None:
                 dlo, dhi = bootstrap.interval(samples[k][m] - samples[reference][m])
                 row.update({f"d_{m}": points[k][m] - points[reference][m], f"d_{m}_lo": float(dlo),
                             f"d_{m}_hi": float(dhi)})

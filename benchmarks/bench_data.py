@@ -53,9 +53,10 @@ from lsdc.experiment import (
     standardise,
     to_input,
 )
+from lsdc.losses import weighted_ce
 from lsdc.models import ModelConfig, create_model
 from lsdc.synthetic import SyntheticConfig, generate
-from lsdc.train import CropBatches, device_batches, prefetch, weighted_ce
+from lsdc.train import CropBatches, device_batches, prefetch
 
 TARGET = 5.0      # host-side data path vs the PNG loader, CPU
 GPU_TARGET = 1.10  # fed step / step on device tensors
@@ -98,7 +99,7 @@ def png_pass(loader: DataLoader) -> int:
 def host_pass(batches: CropBatches) -> int:
     """Gather only (the host's share of a GPU run), into pinned memory when CUDA is present."""
     n = 0
-    for x, _, _ in prefetch(iter(batches)):
+    for x, *_ in prefetch(iter(batches)):
         t = torch.from_numpy(x)
         if torch.cuda.is_available():
             t = t.pin_memory()
@@ -108,7 +109,7 @@ def host_pass(batches: CropBatches) -> int:
 
 def cpu_pass(batches: CropBatches, augment: BatchAugment, mean: torch.Tensor, std: torch.Tensor) -> int:
     n = 0
-    for x, _, _ in prefetch(device_batches(batches, augment, torch.device("cpu"))):
+    for x, *_ in prefetch(device_batches(batches, augment, torch.device("cpu"))):
         n += len(standardise(x, mean, std))
     return n
 
@@ -191,7 +192,7 @@ def gpu_section(args: argparse.Namespace, index: pd.DataFrame, array: np.ndarray
 
     def fed(steps: int) -> int:
         n = 0
-        for x, cond, y in itertools.islice(feed, steps):
+        for x, cond, y, _ in itertools.islice(feed, steps):
             step(x, torch.as_tensor(cond, device=device), torch.as_tensor(y, device=device))
             n += len(y)
         return n

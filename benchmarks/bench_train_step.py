@@ -35,8 +35,8 @@ from torch import nn
 
 import common
 from lsdc.experiment import N_CONDITIONS, autocast, resolve_device, select_logits
+from lsdc.losses import weighted_ce
 from lsdc.models import ModelConfig, count_macs, count_parameters, create_model
-from lsdc.train import weighted_ce
 
 MODELS = ("attention", "densenet201", "resnet101")
 REFERENCE = "densenet201"

@@ -77,7 +77,8 @@ def test_torchrun_trains_one_fold_with_ddp_on_gloo(smoke_run, tmp_path):
 def test_every_process_takes_the_same_number_of_batches():
     """33 crops over 2 processes in batches of 5: each takes 4 batches (17 crops, the order padded with its
     first crop), so no process waits on an all-reduce the other never joins; together they cover every crop."""
-    table = pd.DataFrame({"source": "annotated", "row": np.arange(33), "cond": 0, "target": np.arange(33)})
+    table = pd.DataFrame({"source": "annotated", "row": np.arange(33), "cond": 0, "target": np.arange(33),
+                          "study_id": np.arange(33) // 5})
     arrays = {"annotated": np.zeros((33, 2, 2, 1), np.uint8)}
     shards = [CropBatches(table, arrays, 5, True, seed=1, shard=(r, 2)) for r in (0, 1)]
     batches = [list(b) for b in shards]
@@ -97,8 +98,28 @@ def test_pipeline_takes_the_devices_to_train_on():
 def test_training_batches_never_end_with_a_single_crop():
     """Batch norm cannot train on one sample: 33 shuffled crops in batches of 4 give 8 batches of 4 (the odd
     crop waits for another epoch's order); in order (prediction) every crop is kept."""
-    table = pd.DataFrame({"source": "annotated", "row": np.arange(33), "cond": 0, "target": np.arange(33)})
+    table = pd.DataFrame({"source": "annotated", "row": np.arange(33), "cond": 0, "target": np.arange(33),
+                          "study_id": np.arange(33) // 5})
     arrays = {"annotated": np.zeros((33, 2, 2, 1), np.uint8)}
     train = CropBatches(table, arrays, 4, True, seed=0)
     assert len(train) == 8 and [len(x[2]) for x in train] == [4] * 8
     assert sum(len(x[2]) for x in CropBatches(table, arrays, 4, False)) == 33
+
+
+def test_batches_by_study_keep_each_studys_crops_together():
+    """by_study (the metric-shaped loss): 7 studies of 5 crops (the last of 3) in a seeded random order, each
+    study's crops consecutive, every crop once; another epoch, another order."""
+    table = pd.DataFrame({"source": "annotated", "row": np.arange(33), "cond": 0, "target": np.arange(33),
+                          "study_id": 100 + np.arange(33) // 5})
+    arrays = {"annotated": np.zeros((33, 2, 2, 1), np.uint8)}
+    batches = CropBatches(table, arrays, 10, True, seed=3, by_study=True)
+    order = np.concatenate([x[2] for x in CropBatches(table, arrays, 40, True, seed=3, by_study=True)])
+    studies = 100 + order // 5
+    assert sorted(order.tolist()) == list(range(33))
+    runs = [s for i, s in enumerate(studies) if i == 0 or s != studies[i - 1]]
+    assert len(runs) == 7 == len(set(runs))                       # one run of consecutive crops per study
+    first = [x[3].tolist() for x in batches]
+    assert [len(b) for b in first] == [10, 10, 10, 3]
+    assert sum(first, []) == studies.tolist() and first == [x[3].tolist() for x in batches]   # seeded
+    batches.epoch = 1
+    assert sum([x[3].tolist() for x in batches], []) != studies.tolist()

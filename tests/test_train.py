@@ -21,9 +21,10 @@ import lsdc.train as train_mod
 from lsdc import schema
 from lsdc.errors import ConfigError, DataError
 from lsdc.experiment import load_checkpoint, prior_probabilities, select_logits
+from lsdc.losses import weighted_ce
 from lsdc.paper import paper_summary
 from lsdc.stamps import stamp_path
-from lsdc.train import train_experiment, weighted_ce
+from lsdc.train import train_experiment
 
 ROOT = Path(__file__).parents[1]
 
@@ -315,3 +316,28 @@ def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch, tmp_path)
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         train_mod.summary_writer(tmp_path)
+
+
+def test_the_metric_recipe_trains_and_chooses_its_epoch_by_the_score(smoke_run):
+    """loss=metric, select=score, a cosine schedule: the model still beats the prior by a margin, the epoch
+    kept is the one with the validation studies' best official score, and the learning rate follows the
+    schedule (epoch-end values of lr_factor)."""
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="recipe")
+    cfg.train = dataclasses.replace(cfg.train, loss="metric", select="score", schedule="cosine", warmup_epochs=1)
+    summary = train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+    assert summary["oof_score"]["score"] < summary["prior_score"]["score"] - 0.1
+    for fold in (0, 1):
+        folder = smoke_run["out"] / cfg.experiment / f"fold{fold}"
+        epochs, metrics = pd.read_csv(folder / "epochs.csv"), json.loads((folder / "metrics.json").read_text())
+        assert metrics["selected_by"] == "score"
+        assert metrics["best_epoch"] == int(epochs.epoch[epochs.val_score.idxmin()])
+        assert metrics["best_val_value"] == pytest.approx(epochs.val_score.min())
+        lr = epochs.lr.to_numpy()
+        assert lr[0] == pytest.approx(cfg.train.lr) and np.all(np.diff(lr) < 0) and lr[-1] < 0.1 * cfg.train.lr
+
+
+def test_the_metric_recipe_is_for_the_competition_task(smoke_run):
+    cfg = dataclasses.replace(smoke_run["cfg"], tag="paper_metric")
+    cfg.train = dataclasses.replace(cfg.train, task="paper", loss="metric")
+    with pytest.raises(ConfigError, match="train.loss=metric"):
+        train_experiment(cfg, smoke_run["data"], smoke_run["out"])

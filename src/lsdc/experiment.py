@@ -78,7 +78,18 @@ class TrainConfig:
     lr: float = 1e-3                       # paper: Adam, 1e-3
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
-    patience: int = 5                      # early stopping on the validation studies' loss
+    patience: int = 5                      # early stopping on the validation studies' loss (or score)
+    # What training minimises: "crops" pools every crop's weighted cross-entropy (the paper's recipe);
+    # "metric" is the batch's official score (lsdc.losses): each condition group normalised within itself plus
+    # the any-severe-spinal term, with batches of whole studies. Competition task only.
+    loss: Literal["crops", "metric"] = "crops"
+    # What chooses the checkpoint and stops early on the validation studies: their weighted loss, or their
+    # official score (competition task only).
+    select: Literal["loss", "score"] = "loss"
+    # Learning rate per step: constant (the paper's Adam), or a linear warmup over warmup_epochs then a
+    # cosine decay to 0 at the last epoch.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 1.0
     # Share of each fold's training studies set apart (by study, seeded) to choose the epoch: early stopping
     # and the checkpoint follow their loss, so the held-out fold that scores the OOF never chooses it.
     # 0: choose on the held-out fold itself (the OOF is then optimistic; the old behaviour).
@@ -103,6 +114,16 @@ class TrainConfig:
     # (its oof_points.csv: the errors a test study's crops carry); or both. Validation stays annotated.
     crops_from: Literal["annotated", "localized", "both"] = "annotated"
     localizer: str = ""                    # the localiser folder of those points ("": the only one)
+
+    def check(self) -> None:
+        """ConfigError naming the key for a recipe the task cannot take."""
+        if self.task == "paper":
+            for key, value in (("loss", self.loss), ("select", self.select)):
+                if value != TrainConfig.__dataclass_fields__[key].default:
+                    raise ConfigError(f"config key 'train.{key}={value}' scores the competition's three grades; "
+                                      "the paper task has two (leave it at its default there)")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"config key 'train.warmup_epochs' must be >= 0, got {self.warmup_epochs}")
 
 
 @dataclass

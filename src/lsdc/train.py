@@ -70,9 +70,11 @@ from lsdc.experiment import (
 from lsdc.folds import folds_csv, load_folds
 from lsdc.io import write_csv, write_json
 from lsdc.localize import OOF_POINTS_CSV, find_localizer
+from lsdc.losses import metric_loss, weighted_ce
 from lsdc.metric import score, solution_from_labels
 from lsdc.models import count_parameters, create_model
 from lsdc.paper import PAPER_CLASSES, paper_summary, paper_targets
+from lsdc.schedule import lr_factor
 from lsdc.stamps import file_state, is_current, is_stale, stamp_path, write_stamp
 
 log = logging.getLogger(__name__)
@@ -115,11 +117,17 @@ class CropBatches:
     every process takes the same number of steps (one more step on one rank would wait forever on an
     all-reduce the others never join). Shuffled (training) batches never end with a batch of one crop:
     batch norm cannot train on a single sample, so that crop waits for the next epoch's order.
+    ``by_study``: a shuffled order keeps each study's crops together (studies in random order, its crops
+    shuffled among themselves), so a batch holds whole studies, as the metric-shaped loss wants them (in a
+    distributed run each process still takes every world-th crop: it sees parts of its batch's studies).
+    Batches are (crops, conditions, targets, study ids).
     """
 
     def __init__(self, table: pd.DataFrame, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool,
-                 seed: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
+                 seed: int = 0, shard: tuple[int, int] = (0, 1), by_study: bool = False) -> None:
         self.arrays, self.batch_size, self.shuffle, self.seed, self.shard = arrays, batch_size, shuffle, seed, shard
+        self.by_study = by_study
+        self.study = table.study_id.to_numpy()
         self.source = table.source.to_numpy()
         self.row = table.row.to_numpy()
         self.cond = table.cond.to_numpy()
@@ -148,16 +156,28 @@ class CropBatches:
                 out[mine[order]] = array[rows[order]]
         return out
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _order(self) -> np.ndarray:
         n = len(self.row)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        if self.by_study:
+            _, of = np.unique(self.study, return_inverse=True)
+            rank = rng.permutation(of.max() + 1)[of]
+            order = order[np.argsort(rank[order], kind="stable")]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        n = len(self.row)
+        order = self._order()
         world = self.shard[1]
         if world > 1:
             order = np.resize(order, -(-n // world) * world)   # padded with its own first items
         order = order[self.shard[0]::world][:self._per_process()]
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            yield self.gather(idx), self.cond[idx], self.target[idx]
+            yield self.gather(idx), self.cond[idx], self.target[idx], self.study[idx]
 
 
 def channel_stats(batches: CropBatches, max_items: int = 512, seed: int = 0) -> tuple[list, list]:
@@ -233,25 +253,16 @@ def _from_main(d: Dist, value: Any) -> Any:
 # ----------------------------------------------------------------------------- model step
 
 
-def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy averaged with per-class weights (sum w_i ce_i / sum w_i), as the metric does."""
-    ce = nn.functional.cross_entropy(logits.float(), target, reduction="none")
-    if weights is None:
-        return ce.mean()
-    w = weights[target]
-    return (w * ce).sum() / w.sum()
-
-
 def device_batches(batches: CropBatches, augment: BatchAugment | None,
-                   device: torch.device) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]]:
     """Training batches as float (B, C, H, W) in [0, 255] on ``device``, augmented if asked, with their
-    conditions (after left-right flips) and targets."""
-    for x, cond, y in batches:
+    conditions (after left-right flips), targets and study ids."""
+    for x, cond, y, study in batches:
         if augment is not None:
             xt, cond = augment(x, cond, device)
         else:
             xt = to_device(x, device)
-        yield xt, cond, y
+        yield xt, cond, y, study
 
 
 class _Failed:
@@ -309,7 +320,7 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
     time (lsdc.inference): out-of-fold numbers are those of the same model on the same crop there."""
     model.eval()
     out = []
-    for x, cond, _ in batches:
+    for x, cond, _, _ in batches:
         x = standardise(to_device(x, device), mean, std)
         if channels_last and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -384,7 +395,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
         raise DataError(f"fold {fold}: {len(train_t)} training, {len(val_t)} validation and {len(fold_t)} "
                         "held-out crops; need all three (fewer studies or train.val_share=0)")
     per_process = max(1, tcfg.batch_size // d.world)   # the global batch stays train.batch_size
-    train_b = CropBatches(train_t, arrays, per_process, True, seed=tcfg.seed + fold, shard=(d.rank, d.world))
+    train_b = CropBatches(train_t, arrays, per_process, True, seed=tcfg.seed + fold, shard=(d.rank, d.world),
+                          by_study=tcfg.loss == "metric")
     val_b = CropBatches(val_t, arrays, tcfg.batch_size * 2, False)
     fold_b = CropBatches(fold_t, arrays, tcfg.batch_size * 2, False) if chooser else val_b
     mean, std = channel_stats(train_b, seed=tcfg.seed)
@@ -399,14 +411,17 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
 
     meta = {"config": config_mod.to_dict(cfg), "classes": list(schema.SEVERITY_COLUMNS if k == 3 else PAPER_CLASSES),
             "conditions": list(schema.CONDITIONS), "mean": mean, "std": std, "fold": fold}
-    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "wall": 0.0, "history": [],
-             "fold_best": {"loss": math.inf, "epoch": -1, "probs": None}}
+    # best_value / fold_best["value"]: the validation studies' / held-out fold's train.select criterion.
+    state = {"epoch": 0, "best_value": math.inf, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "wall": 0.0, "history": [], "fold_best": {"value": math.inf, "epoch": -1, "probs": None}}
     last = out / LAST_PT
     if last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
+        state.setdefault("best_value", state["best_loss"])              # written before train.select
+        state["fold_best"].setdefault("value", state["fold_best"].pop("loss", math.inf))
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
     net = model
     if d.world > 1:
@@ -421,14 +436,25 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
             augment.generator.manual_seed(tcfg.seed + 1000 * fold + state["epoch"])
         total, seen = torch.zeros((), device=device), 0   # summed on the device: no sync per step
         steps = len(train_b) if tcfg.max_steps_per_epoch is None else min(len(train_b), tcfg.max_steps_per_epoch)
-        for xt, cond, y in prefetch(itertools.islice(device_batches(train_b, augment, device), steps)):
+        factor = 1.0
+        for i, (xt, cond, y, study) in enumerate(prefetch(itertools.islice(device_batches(train_b, augment, device),
+                                                                          steps))):
+            factor = lr_factor(state["epoch"] * steps + i, tcfg.epochs * steps, round(tcfg.warmup_epochs * steps),
+                               tcfg.schedule)
+            for group in opt.param_groups:
+                group["lr"] = tcfg.lr * factor
             xt = standardise(xt, mean_t, std_t)
             if tcfg.channels_last and device.type == "cuda":
                 xt = xt.contiguous(memory_format=torch.channels_last)
             cond_t, y_t = torch.as_tensor(cond, device=device), torch.as_tensor(y, device=device)
             with autocast(device, tcfg.amp):
                 logits = net(xt)
-            loss = weighted_ce(select_logits(logits.float(), cond_t, k), y_t, weights)
+            chosen = select_logits(logits.float(), cond_t, k)
+            if tcfg.loss == "metric":
+                study_t = torch.as_tensor(np.unique(study, return_inverse=True)[1], device=device)
+                loss = metric_loss(chosen, y_t, cond_t, study_t, weights)
+            else:
+                loss = weighted_ce(chosen, y_t, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -444,20 +470,24 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
         if gap > RANK_GAP_TOL:
             raise RuntimeError(f"fold {fold} epoch {state['epoch']}: the {d.world} processes' weights differ "
                                f"(checksum spread {gap:.3g}): the gradients were not averaged across them")
-        if fold_probs is not None and fold_loss < state["fold_best"]["loss"] - 1e-6:
-            state["fold_best"] = {"loss": fold_loss, "epoch": state["epoch"], "probs": fold_probs}
-        improved = _from_main(d, val_loss < state["best_loss"] - 1e-6)
+        value, fold_value = (val_score, fold_score) if tcfg.select == "score" else (val_loss, fold_loss)
+        if not math.isfinite(value):
+            raise DataError(f"fold {fold} epoch {state['epoch']}: the validation studies' {tcfg.select} is "
+                            f"{value} (a condition group without crops among them?): nothing can choose the epoch")
+        if fold_probs is not None and fold_value < state["fold_best"]["value"] - 1e-6:
+            state["fold_best"] = {"value": fold_value, "epoch": state["epoch"], "probs": fold_probs}
+        improved = _from_main(d, value < state["best_value"] - 1e-6)
         if improved:
-            state.update(best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
+            state.update(best_value=value, best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
             if d.main:
                 save_checkpoint(out / BEST_PT, {**meta, "model": model.state_dict(), "epoch": state["epoch"],
-                                                "val_loss": val_loss})
+                                                "val_loss": val_loss, "val_score": val_score})
         else:
             state["bad_epochs"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": float(total) / max(seen, 1),
                                  "val_loss": val_loss, "val_acc": val_acc, "val_score": val_score,
                                  "fold_loss": fold_loss, "fold_score": fold_score,
-                                 "seconds": time.perf_counter() - t0, "best": improved})
+                                 "lr": tcfg.lr * factor, "seconds": time.perf_counter() - t0, "best": improved})
         if d.main:
             write_csv(pd.DataFrame(state["history"]), out / EPOCHS_CSV)
             if board is not None:
@@ -479,7 +509,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
     _write_preds(fold_t, probs, meta["classes"], out / VAL_PREDS_CSV)
     if chooser:
         _write_preds(fold_t, state["fold_best"]["probs"], meta["classes"], out / FOLD_SELECTED_PREDS_CSV)
-    metrics = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
+    metrics = {"fold": fold, "best_epoch": state["best_epoch"], "selected_by": tcfg.select,
+               "best_val_loss": state["best_loss"], "best_val_value": state["best_value"],
                "fold_selected_epoch": state["fold_best"]["epoch"] if chooser else state["best_epoch"],
                "epochs_run": state["epoch"], "train_seconds": state["wall"], "n_train": len(train_t),
                "n_val": len(val_t), "n_val_studies": len(chooser), "n_held_out": len(fold_t),
@@ -560,6 +591,7 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     (a process of :func:`train_on_devices`).
     """
     cfg.crops.check()
+    cfg.train.check()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     d = dist_context(resolve_device(cfg.train.device))
     exp_dir = output_dir / cfg.experiment

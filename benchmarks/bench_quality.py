@@ -33,7 +33,9 @@ from lsdc.experiment import (
     FOLD_SELECTED_OOF_CSV,
     LOCALIZED_OOF_CSV,
     OOF_CSV,
+    PAPER_RECIPE,
     fill_with_prior,
+    load_experiment_config,
     load_prior,
     resolve_device,
 )
@@ -77,6 +79,88 @@ def optimism(out: Path, names: list[str], labels: pd.DataFrame) -> pd.DataFrame:
                      "fold_selected": f.score, "optimism": 0.0 - f["diff"], "optimism_lo": 0.0 - f.diff_hi,
                      "optimism_hi": 0.0 - f.diff_lo})   # honest minus fold-selected: > 0 flattered the OOF
     return pd.DataFrame(rows)
+
+
+def recipe_pairs(out: Path, names: list[str]) -> list[tuple[str, str, str]]:
+    """(variant, base, what changed) for each model trained with recipe switches (``PAPER_RECIPE`` off their
+    defaults) whose otherwise identical experiment is also among ``names``."""
+    def settings(n: str) -> dict:
+        d = config_mod.to_dict(load_experiment_config(out / n))
+        for key in ("name", "tag"):
+            d.pop(key, None)
+        d.pop("log", None)
+        for key in ("workers", "device", "warmup_epochs"):
+            d["train"].pop(key, None)
+        return d
+
+    known = {n: settings(n) for n in names if (out / n / "config.yaml").is_file()}
+    pairs = []
+    for n, d in known.items():
+        changed = {k: d["train"][k] for k in PAPER_RECIPE if d["train"][k] != PAPER_RECIPE[k]}
+        if not changed:
+            continue
+        base = {**d, "train": {**d["train"], **PAPER_RECIPE}}
+        match = [m for m, e in known.items() if m != n and e == base]
+        if match:
+            pairs.append((n, match[0], ", ".join(f"{k}={v}" for k, v in changed.items())))
+    return pairs
+
+
+def recipe_table(out: Path, data_dir: Path, submission: Path, names: list[str], labels: pd.DataFrame
+                 ) -> pd.DataFrame:
+    """Each recipe variant against its base, paired on the same resampled studies: at annotated points
+    (oof.csv), at localised points (oof_localized.csv) and on the labeled test studies (each alone, folds
+    averaged as the submission averages them)."""
+    rows = []
+    fold_path = submission.with_name(FOLD_PREDICTIONS_CSV)
+    folds = fold_frames_of(pd.read_csv(fold_path)) if fold_path.is_file() else {}
+    test_path = data_dir / schema.TEST_SOLUTION_CSV
+    row_ids = pd.read_csv(submission).row_id.tolist()
+    for variant, base, changed in recipe_pairs(out, names):
+        row = {"variant": variant, "base": base, "changed": changed}
+        for where, csv in (("annotated", OOF_CSV), ("localised", LOCALIZED_OOF_CSV)):
+            if not ((out / variant / csv).is_file() and (out / base / csv).is_file()):
+                continue
+            frames = {m: pd.read_csv(out / m / csv) for m in (base, variant)}
+            studies = {schema.parse_row_id(r)[0] for r in frames[base].row_id}
+            solution = metric.solution_from_labels(labels[labels.study_id.isin(studies)])
+            t = bootstrap.score_table(solution, frames, reference=base).set_index("model")
+            row.update({f"{where}_{k}": t.loc[m][c] for k, m, c in (
+                ("base", base, "score"), ("variant", variant, "score"), ("diff", variant, "diff"),
+                ("lo", variant, "diff_lo"), ("hi", variant, "diff_hi"))})
+        if test_path.is_file() and base in folds and variant in folds:
+            frames = {m: fill_with_prior(row_ids, blend_folds(single_spec(m), {m: folds[m]}, "logits"),
+                                         load_prior([out / m])) for m in (base, variant)}
+            t = bootstrap.score_table(metric.load_solution(test_path), frames, reference=base).set_index("model")
+            row.update({"test_base": t.loc[base].score, "test_variant": t.loc[variant].score,
+                        "test_diff": t.loc[variant]["diff"], "test_lo": t.loc[variant].diff_lo,
+                        "test_hi": t.loc[variant].diff_hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recipe_lines(table: pd.DataFrame) -> list[str]:
+    """The recipe section: each switch's paired difference (variant - base; negative is better)."""
+    if table.empty:
+        return []
+    lines = ["## Training recipe switches", "",
+             "Each model trained with recipe switches (`train.loss`, `train.select`, `train.schedule`) against the "
+             "same experiment with today's recipe (the paper's: pooled crop loss, checkpoint by validation loss, "
+             "constant learning rate), same crops, folds and seeds. Differences are variant - base, paired over "
+             "studies: negative is better, an interval that excludes 0 is resolved.", "",
+             "| variant | vs base | switches | annotated: base -> variant, diff [95% CI] | localised: base -> variant, "
+             "diff [95% CI] | test: base -> variant, diff [95% CI] |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        cells = []
+        for where in ("annotated", "localised", "test"):
+            if f"{where}_diff" in r and pd.notna(r[f"{where}_diff"]):
+                cells.append(f"{r[f'{where}_base']:.4f} -> {r[f'{where}_variant']:.4f}, "
+                             + bootstrap.format_interval(r[f"{where}_diff"], r[f"{where}_lo"], r[f"{where}_hi"], 4,
+                                                         signed=True))
+            else:
+                cells.append("-")
+        lines.append(f"| {r.variant} | {r.base} | {r.changed} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def fold_average_table(out: Path, data_dir: Path, submission: Path, names: list[str]) -> pd.DataFrame:
@@ -187,6 +271,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
     lines += ["- Candidates tried (out of fold): "
               + "; ".join(f"{'+'.join(s['models'])}{' (T fitted)' if s['fitted'] else ''} {s['nested_score']:.4f}"
                           f"{' taken' if s['accepted'] else ''}" for s in spec.selection), ""]
+    lines += recipe_lines(recipe_table(out, args.data_dir, Path(result["submission"]), names, labels))
     lines += ["## The held-out test studies", "",
               f"{cfg.synthetic.test_studies} test studies the pipeline localised and predicted without coordinates, "
               "scored against `test_solution.csv`; differences to the shipped submission, paired.", "",

@@ -18,9 +18,9 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 import lsdc.train as train_mod
-from lsdc import schema
+from lsdc import config, schema
 from lsdc.errors import ConfigError, DataError
-from lsdc.experiment import load_checkpoint, prior_probabilities, select_logits
+from lsdc.experiment import PAPER_RECIPE, ExperimentConfig, load_checkpoint, prior_probabilities, select_logits
 from lsdc.losses import weighted_ce
 from lsdc.paper import paper_summary
 from lsdc.stamps import stamp_path
@@ -341,3 +341,14 @@ def test_the_metric_recipe_is_for_the_competition_task(smoke_run):
     cfg.train = dataclasses.replace(cfg.train, task="paper", loss="metric")
     with pytest.raises(ConfigError, match="train.loss=metric"):
         train_experiment(cfg, smoke_run["data"], smoke_run["out"])
+
+
+def test_outputs_from_before_the_recipe_keys_stay_current():
+    """The recipe keys at the paper's values leave the settings that decide whether a fold is current as they
+    were before the keys existed, so a fold trained then is kept; off them, they count."""
+    cfg = config.load(ExperimentConfig, ROOT / "configs" / "smoke.yaml")
+    before = train_mod.comparable_settings(cfg)
+    assert not set(PAPER_RECIPE) & set(before["train"]) and "warmup_epochs" not in before["train"]
+    cfg.train = dataclasses.replace(cfg.train, loss="metric", schedule="cosine")
+    after = train_mod.comparable_settings(cfg)["train"]
+    assert after["loss"] == "metric" and after["schedule"] == "cosine" and "warmup_epochs" in after

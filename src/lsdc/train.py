@@ -54,6 +54,7 @@ from lsdc.experiment import (
     METRICS_JSON,
     OOF_CSV,
     PAPER_OOF_CSV,
+    PAPER_RECIPE,
     VAL_PREDS_CSV,
     ExperimentConfig,
     autocast,
@@ -608,7 +609,7 @@ def train_experiment(cfg: ExperimentConfig, data_dir: str | Path, output_dir: st
     if len(crop_dirs) > 1:
         arrays[LOCALIZED] = load_array(crop_dirs[1])
     # What a finished fold was trained from: a fold trained from other crops or folds is trained again.
-    inputs = {"config": _comparable(cfg), "folds": file_state(output_dir / folds_csv(cfg.folds.n_folds)),
+    inputs = {"config": comparable_settings(cfg), "folds": file_state(output_dir / folds_csv(cfg.folds.n_folds)),
               "crops": [file_state(stamp_path(c / INDEX_CSV)) for c in crop_dirs]}
     selected = selected_folds(cfg, n_folds)
     log.info("experiment %s: %s task, %d crops, folds %s%s", cfg.experiment, cfg.train.task, len(table), selected,
@@ -714,11 +715,16 @@ def _train_folds(job: tuple[ExperimentConfig, Path, Path, int]) -> None:
     train_experiment(cfg, data_dir, output_dir, summarise=False)
 
 
-def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
+def comparable_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """The settings that make an experiment what it is (not workers, device, epochs, patience, which folds)."""
     d = config_mod.to_dict(cfg)
     for key in ("workers", "device", "epochs", "patience"):
         d["train"].pop(key, None)
+    for key, default in PAPER_RECIPE.items():   # the recipe keys came later: at these values, as trained before
+        if d["train"].get(key) == default:
+            d["train"].pop(key)
+    if cfg.train.schedule == "constant":
+        d["train"].pop("warmup_epochs", None)
     d["folds"].pop("train_folds", None)
     d["crops"].pop("workers", None)
     d.pop("log", None)
@@ -730,7 +736,7 @@ def _check_same_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     path = exp_dir / CONFIG_YAML
     if not path.is_file():
         return
-    a, b = _comparable(config_mod.load(ExperimentConfig, path)), _comparable(cfg)
+    a, b = comparable_settings(config_mod.load(ExperimentConfig, path)), comparable_settings(cfg)
     if a != b:
         diff = [f"{s}.{k}" for s in a if isinstance(a[s], dict) for k in a[s] if a[s][k] != b.get(s, {}).get(k)]
         raise ConfigError(f"{exp_dir} holds an experiment with other settings ({', '.join(diff[:4]) or 'name'}); "

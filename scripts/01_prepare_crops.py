@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None:
         args.overrides.append(f"crops.workers={args.workers}")
     cfg = cli.load_config(ExperimentConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "01_prepare_crops.log", args.log_level)
     folds = prepare_folds(args.data_dir, args.output_dir, cfg.folds.n_folds, cfg.folds.seed)
     log.info("folds: %s", folds)

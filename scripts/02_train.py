@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task:
         args.overrides.append(f"train.task={args.task}")
     cfg = cli.load_config(ExperimentConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / cfg.experiment / "train.log", args.log_level)
     log.info("config %s, experiment %s", args.config, cfg.experiment)
     if args.devices:

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0], default_config="configs/localizer.yaml")
     args = parser.parse_args(argv)
     exp = cli.load_config(LocalizerExperiment, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     cli.setup_logging(args.output_dir / "logs" / "03_train_localizer.log", args.log_level)
     metrics = train_localizer(exp, args.data_dir, args.output_dir)
     print(json.dumps(metrics, indent=2))

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-temperature", action="store_true",
                         help="fit the weights only (temperature 1 in every group)")
     args = parser.parse_args(argv)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "04_ensemble.log", args.log_level)
     cfg = cli.load_config(EnsembleConfig, args)
     if args.experiments is not None:

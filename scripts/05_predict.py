@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tta:
         args.overrides.append("tta=true")
     cfg = cli.load_config(PredictConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "05_predict.log", args.log_level)
     sub = predict_submission(args.data_dir, args.weights_dir or args.output_dir, args.submission, cfg)
     log.info("submission: %s (%d rows)", args.submission, len(sub))

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config is not None or args.overrides:
         parser.error("the report reads each experiment's own config.yaml; --config/--set do not apply")
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "06_paper_report.log", args.log_level)
     report = build_report(args.output_dir, args.data_dir, args.experiments, args.cases, args.report_dir)
     log.info("experiments: %s", ", ".join(report.experiments))

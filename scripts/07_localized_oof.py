@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with the localiser and the experiments (default: --output-dir)")
     args = parser.parse_args(argv)
     cfg = cli.load_config(PredictConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "07_localized_oof.log", args.log_level)
     table = localized_oof(args.data_dir, args.weights_dir or args.output_dir, cfg, args.output_dir / SCORES_CSV)
     sys.stdout.write(cost_markdown(table))

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_steps is not None and args.baseline_steps < 1:
         raise ConfigError("--baseline-steps must be at least 1")
     base = cli.load_config(ExperimentConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "run_paper_comparison.log", args.log_level)
     log.info("paper comparison from %s: %s", args.config, ", ".join(args.variants))
     synthetic = SyntheticConfig(workers=max(base.crops.workers, 1))

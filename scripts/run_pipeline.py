@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0], default_config="configs/pipeline.yaml")
     args = parser.parse_args(argv)
     cfg = cli.load_config(PipelineConfig, args)
+    cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "run_pipeline.log", args.log_level)
     result = run_pipeline(cfg, args.data_dir, args.output_dir)
     localised = result["oof_table"] != result["annotated_table"]

@@ -13,6 +13,7 @@ import pytest
 
 from lsdc import schema
 from lsdc.crops import (
+    ERRORS_CSV,
     INDEX_CSV,
     SETTINGS_JSON,
     CropConfig,
@@ -123,6 +124,16 @@ def test_prepare_on_synthetic_data(synthetic_dir, tmp_path, caplog):
     assert len(again) == len(index) - (index.study_id == victim).sum() and victim not in set(again.study_id)
     assert not (crops_dir / str(victim)).exists()
     assert any(str(victim) in r.getMessage() for r in caplog.records)
+    # errors.csv names every cell the broken study lost; a missing study folder counts too.
+    errors = pd.read_csv(crops_dir / ERRORS_CSV, keep_default_na=False)
+    lost = errors[errors.study_id == victim]
+    assert len(lost) == (index.study_id == victim).sum() and (lost.condition != "").all()
+    gone = index.study_id.iloc[0]
+    shutil.rmtree(synthetic_dir / schema.TRAIN_IMAGES / str(gone))
+    prepare(synthetic_dir, tmp_path, cfg, show_progress=False)
+    errors = pd.read_csv(crops_dir / ERRORS_CSV, keep_default_na=False)
+    assert set(errors.study_id) == {victim, gone}
+    assert (errors.study_id == gone).sum() == (index.study_id == gone).sum()
 
 
 def test_changing_a_crop_setting_cuts_new_crops(synthetic_dir, tmp_path):
@@ -160,8 +171,12 @@ def test_an_unknown_instance_drops_only_its_own_crop(synthetic_dir, caplog):
     axial = [r for r in reqs if schema.CONDITION_INFO[r.condition].group == "subarticular"]
     bad = dataclasses.replace(axial[0], instance_number=987654)
     cfg = CropConfig(size=32, n_slices=3, workers=1)
-    _, crops = crop_study(synthetic_dir / schema.TRAIN_IMAGES / str(study), [bad, *axial[1:]], cfg, None)
+    failures = []
+    _, crops = crop_study(synthetic_dir / schema.TRAIN_IMAGES / str(study), [bad, *axial[1:]], cfg, None,
+                          failures=failures)
     assert set(crops) == {(r.condition, r.level) for r in axial[1:]}
+    assert [(f["condition"], f["level"]) for f in failures] == [(bad.condition, bad.level)]
+    assert "987654" in failures[0]["error"]
     assert any(str(study) in r.getMessage() and "987654" in r.getMessage() for r in caplog.records)
 
 

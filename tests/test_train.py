@@ -143,6 +143,14 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
     # The held-out fold's own choice survived the interruption (kept in last.pt's state).
     chosen = int(epochs.epoch[epochs.fold_loss.idxmin()])
     assert metrics["fold_selected_epoch"] == chosen and (fold_dir / "val_preds_fold_selected.csv").is_file()
+    # ... and it trained as an uninterrupted run does (every random state was in last.pt): same losses, same
+    # predictions, to the bit.
+    ref_cfg = dataclasses.replace(cfg, tag="resume_ref")
+    train_experiment(ref_cfg, smoke_run["data"], smoke_run["out"])
+    ref_dir = smoke_run["out"] / ref_cfg.experiment / "fold0"
+    ref = pd.read_csv(ref_dir / "epochs.csv")
+    np.testing.assert_array_equal(epochs.train_loss, ref.train_loss)
+    assert (fold_dir / "val_preds.csv").read_bytes() == (ref_dir / "val_preds.csv").read_bytes()
 
 
 def test_an_interrupted_fold_from_other_inputs_starts_again(smoke_run, monkeypatch, caplog):

@@ -1,13 +1,16 @@
 """The command-line contract shared by every script.
 
 Each script gets ``--data-dir``, ``--output-dir``, ``--config``, ``--set key=value`` and
-``--log-level``; a log file beside its outputs; and one clear message with exit code 2 when the
-input is bad (any :class:`~lsdc.errors.LsdcError`), instead of a traceback.
+``--log-level``; a log file beside its outputs; its output folder to itself (:func:`hold_outputs`); and one
+clear message with exit code 2, instead of a traceback, when the input is bad (any
+:class:`~lsdc.errors.LsdcError`) or the disk refuses a write (full, read-only, no permission).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lsdc import config as config_mod
+from lsdc import lock
 from lsdc.errors import LsdcError
 
 DEFAULT_DATA_DIR = Path("input/rsna-2024-lumbar-spine-degenerative-classification")
@@ -80,15 +84,61 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> logging.Logger:
     return logging.getLogger("lsdc")
 
 
+# The folders this process holds while a script runs under :func:`run` (closed when it ends).
+_held: contextlib.ExitStack | None = None
+
+# Write failures a user fixes outside the code: one line each, not a traceback.
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def hold_outputs(folder: Path) -> None:
+    """Keep ``folder`` to this run until the script ends: a second run on it is refused, naming this one
+    (:mod:`lsdc.lock`). Only under :func:`run` (a script run from the command line; ``main()`` called
+    directly, as tests do, takes no lock) and only on rank 0 of a torchrun job (its ranks share the folder)."""
+    if _held is not None and int(os.environ.get("RANK", "0")) == 0:
+        _held.enter_context(lock.hold(folder))
+
+
+def disk_message(exc: OSError) -> str | None:
+    """One line for a write the disk refused, naming the file; None for other OS errors."""
+    what = DISK_ERRORS.get(exc.errno or -1)
+    if what is None:
+        return None
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"{what}{where} ({exc.strerror}): free space or choose a writable --output-dir, then rerun to resume"
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a script's ``main`` and turn user errors into one line on stderr and exit code 2."""
+    """Run a script's ``main`` and turn user errors and refused writes into one line on stderr and exit
+    code 2."""
+    global _held
+    _held = contextlib.ExitStack()
     try:
-        code = main(argv)
+        with _held:
+            code = main(argv)
     except LsdcError as exc:
         logging.getLogger("lsdc").debug("fatal", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        message = disk_message(exc)
+        if message is None:
+            raise
+        logging.getLogger("lsdc").debug("fatal", exc_info=True)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as exc:
+        # torch.save reports a full disk from its C++ writer as a RuntimeError, without an errno.
+        if "inline_container" not in str(exc) and "No space left" not in str(exc):
+            raise
+        print(f"error: a checkpoint could not be written ({str(exc).splitlines()[0]}): the disk is probably "
+              "full; free space, then rerun to resume", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _held = None
     sys.exit(code or 0)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INDEX_CSV = "index.csv"
 ERRORS_CSV = "errors.csv"
+ERROR_COLUMNS = ("study_id", "condition", "level", "error")   # condition and level empty: the whole study
 CONTACT_SHEET = "contact_sheet.png"
 ARRAY_NPY = "crops.npy"   # every crop of index.csv, in its row order, as one uint8 array (training reads it)
 SETTINGS_JSON = "settings.json"
@@ -206,14 +207,16 @@ class CropRequest:
 
 def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, out_dir: Path | None,
                skip_existing: bool = True, series_cache: dict[int, Series] | None = None,
+               failures: list[dict[str, str]] | None = None,
                ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
     """Crop every request of one study, reading each series once and only the slices needed (those of
     the crops and of the series' intensity window).
 
     Returns index rows (with the PNG path when ``out_dir`` is given) and, when it is not, the crops
     in memory keyed by (condition, level). A request that fails (missing series, unknown instance)
-    is logged with the study and skipped. ``series_cache`` holds series already loaded (at inference,
-    by the localiser), so their headers are not read twice.
+    is logged with the study and skipped, and appended to ``failures`` when given (condition, level,
+    error). ``series_cache`` holds series already loaded (at inference, by the localiser), so their headers
+    are not read twice.
     """
     rows: list[dict[str, Any]] = []
     arrays: dict[tuple[str, str], np.ndarray] = {}
@@ -237,12 +240,16 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
             window = series_window(series, cfg.low_pct, cfg.high_pct)
         except DataError as exc:
             log.warning("study %s: skipping %d crop(s) of series %s: %s", study_id, len(todo), series_id, exc)
+            if failures is not None:
+                failures.extend({"condition": r.condition, "level": r.level, "error": str(exc)} for r, _ in todo)
             continue
         for r, path in todo:
             try:
                 index = series.index_of_instance(r.instance_number)
             except DataError as exc:  # this point only: the series' other crops are still cut
                 log.warning("study %s: no %s %s crop: %s", study_id, r.condition, r.level, exc)
+                if failures is not None:
+                    failures.append({"condition": r.condition, "level": r.level, "error": str(exc)})
                 continue
             crop = crop_roi(series, index, r.x, r.y, cfg.mm(r.condition), cfg, window)
             if path is None:
@@ -265,13 +272,15 @@ def _row(study_id: int, r: CropRequest, path: Path | None) -> dict[str, Any]:
             "path": "" if path is None else str(path)}
 
 
-def _study_task(args: tuple[Path, list[CropRequest], CropConfig, Path]) -> tuple[int, list[dict], str | None]:
+def _study_task(args: tuple[Path, list[CropRequest], CropConfig, Path]) -> tuple[int, list[dict], list[dict]]:
+    """One study's crops and its failures (the whole study's, with empty condition and level, or per cell)."""
     study_dir, requests, cfg, out_dir = args
+    failures: list[dict[str, str]] = []
     try:
-        rows, _ = crop_study(study_dir, requests, cfg, out_dir)
-        return int(study_dir.name), rows, None
+        rows, _ = crop_study(study_dir, requests, cfg, out_dir, failures=failures)
+        return int(study_dir.name), rows, failures
     except Exception as exc:  # one bad study never stops the run
-        return int(study_dir.name), [], f"{type(exc).__name__}: {exc}"
+        return int(study_dir.name), [], [{"condition": "", "level": "", "error": f"{type(exc).__name__}: {exc}"}]
 
 
 # ----------------------------------------------------------------------------- the training set
@@ -351,17 +360,22 @@ def prepare(data_dir: str | Path, output_dir: str | Path, cfg: CropConfig, show_
                                       enabled=show_progress))
     else:
         collected = list(progress(map(_study_task, tasks), "crops", len(tasks), enabled=show_progress))
-    for study_id, study_rows, err in collected:
+    for study_id, study_rows, failed in collected:
         rows.extend(study_rows)
-        if err:
-            log.warning("study %s failed and was skipped: %s", study_id, err)
-            errors.append({"study_id": study_id, "error": err})
+        for f in failed:
+            if not f["condition"]:
+                log.warning("study %s failed and was skipped: %s", study_id, f["error"])
+            errors.append({"study_id": study_id, **f})
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     index["path"] = [str(Path(p).relative_to(crops_dir)) if p else "" for p in index.path]
     write_csv(index, crops_dir / INDEX_CSV)
-    write_csv(pd.DataFrame(errors, columns=["study_id", "error"]), crops_dir / ERRORS_CSV)
+    errors_t = pd.DataFrame(errors, columns=list(ERROR_COLUMNS))
+    write_csv(errors_t, crops_dir / ERRORS_CSV)
     n_cells = sum(len(r) for r in requests.values())
-    log.info("%d crops written or kept (%d requested); %d studies failed", len(index), n_cells, len(errors))
+    whole = errors_t.condition.eq("")
+    log.info("%d crops written or kept (%d requested); %d studies failed whole, %d more cells of %d studies "
+             "failed (%s)", len(index), n_cells, int(whole.sum()), int((~whole).sum()),
+             errors_t.study_id[~whole].nunique(), crops_dir / ERRORS_CSV)
     if len(index):
         contact_sheet(index, crops_dir, cfg)
     build_array(crops_dir, cfg)

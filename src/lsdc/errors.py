@@ -11,3 +11,7 @@ class ConfigError(LsdcError):
 
 class DataError(LsdcError):
     """A data file is missing, malformed or inconsistent."""
+
+
+class TrainingDiverged(LsdcError):
+    """A training run whose loss or predictions stopped being finite numbers."""

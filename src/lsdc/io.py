@@ -17,6 +17,19 @@ import pandas as pd
 
 from lsdc.errors import DataError
 
+TEMP_MARK = ".partial-"   # in every temporary name: what a kill mid-write leaves is recognisable
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files interrupted writes left under ``folder`` (call it only while no other
+    process writes there: :func:`lsdc.lock.hold`); returns how many."""
+    n = 0
+    for path in Path(folder).rglob(f".*{TEMP_MARK}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -26,7 +39,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -42,7 +42,7 @@ from lsdc import schema
 from lsdc.augment import BatchAugment, to_device
 from lsdc.crops import INDEX_CSV, load_array, prepare
 from lsdc.data import load_train_labels
-from lsdc.errors import ConfigError, DataError
+from lsdc.errors import ConfigError, DataError, TrainingDiverged
 from lsdc.experiment import (
     BEST_PT,
     COND_INDEX,
@@ -334,6 +334,21 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
 # ----------------------------------------------------------------------------- one fold
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random state the next epoch starts from (dropout, slot sampling; the batch order and the
+    augmentation are seeded per epoch): saved in last.pt, so a resumed fold trains as an uninterrupted one."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
 def validation_studies(studies: np.ndarray, share: float, seed: int, fold: int) -> set[int]:
     """The share of a fold's training studies set apart to choose its epoch: drawn by study from a generator
     seeded by (seed, fold), at least one study (and one left to train on) when ``share`` > 0, none when it
@@ -423,6 +438,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
         state = ckpt["state"]
         state.setdefault("best_value", state["best_loss"])              # written before train.select
         state["fold_best"].setdefault("value", state["fold_best"].pop("loss", math.inf))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"], device)
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
     net = model
     if d.world > 1:
@@ -471,6 +488,11 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
         if gap > RANK_GAP_TOL:
             raise RuntimeError(f"fold {fold} epoch {state['epoch']}: the {d.world} processes' weights differ "
                                f"(checksum spread {gap:.3g}): the gradients were not averaged across them")
+        train_loss = float(total) / max(seen, 1)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(
+                f"experiment {cfg.experiment} fold {fold} epoch {state['epoch']}: training diverged (training loss "
+                f"{train_loss}, validation loss {val_loss}); lower train.lr (now {tcfg.lr:g}) and train again")
         value, fold_value = (val_score, fold_score) if tcfg.select == "score" else (val_loss, fold_loss)
         if not math.isfinite(value):
             raise DataError(f"fold {fold} epoch {state['epoch']}: the validation studies' {tcfg.select} is "
@@ -485,7 +507,7 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
                                                 "val_loss": val_loss, "val_score": val_score})
         else:
             state["bad_epochs"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_loss": float(total) / max(seen, 1),
+        state["history"].append({"epoch": state["epoch"], "train_loss": train_loss,
                                  "val_loss": val_loss, "val_acc": val_acc, "val_score": val_score,
                                  "fold_loss": fold_loss, "fold_score": fold_score,
                                  "lr": tcfg.lr * factor, "seconds": time.perf_counter() - t0, "best": improved})
@@ -495,7 +517,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
                 for key in ("train_loss", "val_loss", "val_acc", "val_score", "fold_loss", "fold_score"):
                     board.add_scalar(key, state["history"][-1][key], state["epoch"])
                 board.flush()
-            save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                                   "rng": rng_state(device)})
             log.info("fold %d epoch %d: train %.4f  val %.4f  acc %.3f  score %.4f  held-out fold %.4f%s", fold,
                      state["epoch"], state["history"][-1]["train_loss"], val_loss, val_acc, val_score, fold_loss,
                      "  *" if improved else "")

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from lsdc import config as config_mod
+from lsdc.experiment import ExperimentConfig, resolve_device
+from lsdc.models import create_model
 from lsdc.pipeline import PipelineConfig
-from lsdc.train import CropBatches, train_experiment, train_on_devices
+from lsdc.train import CropBatches, sync_batchnorm, train_experiment, train_on_devices
 
 ROOT = Path(__file__).parents[1]
 
@@ -123,3 +126,27 @@ def test_batches_by_study_keep_each_studys_crops_together():
     assert sum(first, []) == studies.tolist() and first == [x[3].tolist() for x in batches]   # seeded
     batches.epoch = 1
     assert sum([x[3].tolist() for x in batches], []) != studies.tolist()
+
+
+def test_sync_batchnorm_on_gpus_only_and_sharing_the_optimisers_parameters():
+    model = create_model(config_mod.load(ExperimentConfig, ROOT / "configs" / "smoke.yaml").network_config())
+    params = {id(p) for p in model.parameters()}
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0
+    synced = sync_batchnorm(model, torch.device("cuda", 0), True)   # the conversion itself needs no GPU
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == n_bn
+    assert {id(p) for p in synced.parameters()} == params          # the optimiser still steps these
+    cpu = create_model(config_mod.load(ExperimentConfig, ROOT / "configs" / "smoke.yaml").network_config())
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in sync_batchnorm(cpu, torch.device("cpu"), True).modules())
+    assert sync_batchnorm(model, torch.device("cuda", 0), False) is model
+
+
+def test_cuda_means_the_processs_own_gpu_under_torchrun(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("auto") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)     # an explicit index is kept
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda", 0)

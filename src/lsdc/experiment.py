@@ -110,6 +110,9 @@ class TrainConfig:
     device: str = "auto"                   # auto | cpu | cuda
     amp: bool = True                       # bfloat16 autocast on CUDA
     channels_last: bool = True
+    # Under torchrun on GPUs, batch norm statistics over the whole global batch (SyncBatchNorm) rather than
+    # each process's share; gloo on CPUs cannot, and keeps per-process statistics.
+    sync_bn: bool = True
     seed: int = 42
     max_steps_per_epoch: int | None = None
     paper_level: str = "L4/L5"
@@ -208,11 +211,13 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when present; under torchrun the process's LOCAL_RANK GPU), 'cpu', 'cuda' or 'cuda:N';
-    ConfigError when CUDA is asked for and absent."""
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; 'auto' and 'cuda' mean the process's LOCAL_RANK
+    GPU (cuda:0 outside torchrun). ConfigError when CUDA is asked for and absent."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
+        name = "cuda"
+    if name == "cuda":   # under torchrun each process its own GPU, not all of them on cuda:0
         name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' is {name!r} but no CUDA device is available")

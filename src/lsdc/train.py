@@ -334,6 +334,17 @@ def predict_batches(model: nn.Module, batches: CropBatches, k: int, device: torc
 # ----------------------------------------------------------------------------- one fold
 
 
+def sync_batchnorm(model: nn.Module, device: torch.device, enabled: bool) -> nn.Module:
+    """Batch norm layers as SyncBatchNorm when asked and possible (CUDA only: gloo cannot), for a
+    distributed run whose per-process batches are small."""
+    if not enabled:
+        return model
+    if device.type != "cuda":
+        log.info("train.sync_bn: SyncBatchNorm needs CUDA; batch norm statistics stay per process on %s", device)
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     """The random state the next epoch starts from (dropout, slot sampling; the batch order and the
     augmentation are seeded per epoch): saved in last.pt, so a resumed fold trains as an uninterrupted one."""
@@ -442,7 +453,8 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
             set_rng_state(ckpt["rng"], device)
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
     net = model
-    if d.world > 1:
+    if d.world > 1:   # after the memory format is set: DDP's buckets follow the parameters' strides
+        model = sync_batchnorm(model, device, tcfg.sync_bn)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     board = summary_writer(out / "tensorboard") if cfg.log.tensorboard and d.main else None

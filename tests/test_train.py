@@ -357,6 +357,7 @@ def test_outputs_from_before_the_recipe_keys_stay_current():
     cfg = config.load(ExperimentConfig, ROOT / "configs" / "smoke.yaml")
     before = train_mod.comparable_settings(cfg)
     assert not set(PAPER_RECIPE) & set(before["train"]) and "warmup_epochs" not in before["train"]
+    assert "sync_bn" not in before["train"]                       # how, not what, like the device
     cfg.train = dataclasses.replace(cfg.train, loss="metric", schedule="cosine")
     after = train_mod.comparable_settings(cfg)["train"]
     assert after["loss"] == "metric" and after["schedule"] == "cosine" and "warmup_epochs" in after

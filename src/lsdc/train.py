@@ -751,9 +751,10 @@ def _train_folds(job: tuple[ExperimentConfig, Path, Path, int]) -> None:
 
 
 def comparable_settings(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The settings that make an experiment what it is (not workers, device, epochs, patience, which folds)."""
+    """The settings that make an experiment what it is (not workers, device, sync_bn, epochs, patience, which
+    folds)."""
     d = config_mod.to_dict(cfg)
-    for key in ("workers", "device", "epochs", "patience"):
+    for key in ("workers", "device", "epochs", "patience", "sync_bn"):
         d["train"].pop(key, None)
     for key, default in PAPER_RECIPE.items():   # the recipe keys came later: at these values, as trained before
         if d["train"].get(key) == default:

@@ -120,6 +120,16 @@ def measure(stage: str, data: Path, weights: Path, work: Path, threads: int, dev
     return {"studies": n, "seconds": wall, "s_per_study": wall / n, "peak_mib": _peak_mib(), "base_mib": base}
 
 
+def untrained_text(args: argparse.Namespace) -> str:
+    """What --untrained timed: the full configs, or the ones given."""
+    full = [CONFIGS / f"{m}.yaml" for m in FULL]
+    if [p.resolve() for p in args.configs] == full and args.folds == 5 \
+            and args.localizer_config.resolve() == CONFIGS / "localizer.yaml":
+        return "untrained full configs"
+    return (f"untrained, {args.folds} folds of " + ", ".join(f"`{p}`" for p in args.configs)
+            + f", localiser `{args.localizer_config}`")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200])
@@ -129,6 +139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--untrained", action="store_true",
                    help="time the full configs (attention, densenet201, resnet101 at 224 px, 5 folds each, and "
                         "configs/localizer.yaml) with untrained weights instead of --weights-dir")
+    p.add_argument("--configs", type=Path, nargs="+", default=[CONFIGS / f"{m}.yaml" for m in FULL],
+                   help="--untrained: the experiment configs (default: the full attention, densenet201, resnet101)")
+    p.add_argument("--localizer-config", type=Path, default=CONFIGS / "localizer.yaml",
+                   help="--untrained: the localiser's config")
+    p.add_argument("--folds", type=int, default=5, help="--untrained: fold models per experiment and view")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the localiser and the models run")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="an existing synthetic competition folder with at least max(--sizes) training studies")
@@ -148,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = common.load_average()
     root = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     if args.untrained:
-        args.weights_dir = untrained_weights(root / "weights", [CONFIGS / f"{m}.yaml" for m in FULL],
-                                             CONFIGS / "localizer.yaml")
+        args.weights_dir = untrained_weights(root / "weights", args.configs, args.localizer_config, args.folds)
     elif not (args.weights_dir / "ensemble.json").is_file():
         raise SystemExit(f"{args.weights_dir} has no ensemble.json: run the README's main command first, "
                          f"point --weights-dir at trained outputs, or time untrained full configs (--untrained)")
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                  "the cost per study once start-up (worker pools, model loading) is paid.",
                  "", "Latest run:", "", f"- Command: `{common.command_line()}`",
                  *common.machine_lines(args.device, load_before, load_after),
-                 f"- Weights: {'untrained full configs' if args.untrained else f'`{args.weights_dir}`'} "
+                 f"- Weights: {untrained_text(args) if args.untrained else f'`{args.weights_dir}`'} "
                  f"({', '.join(models)})",
                  *budget, "", *table, "",
                  *common.history_table("All runs:", HISTORY, [*common.history_rows(section, HISTORY), *rows])]

@@ -57,6 +57,7 @@ class Setup:
     amp: bool
     channels_last: bool
     compile: bool = False
+    backend: str = "inductor"
 
 
 @dataclass
@@ -83,7 +84,7 @@ def build(name: str, s: Setup, seed: int = 0) -> Bench:
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     if s.compile:
-        model = torch.compile(model)   # compiled on the first (warm-up) step
+        model = torch.compile(model, backend=s.backend)   # compiled on the first (warm-up) step
     cond = torch.randint(0, N_CONDITIONS, (s.batch,), device=s.device)
     y = torch.randint(0, K, (s.batch,), device=s.device)
     weights = torch.tensor([1.0, 2.0, 4.0], device=s.device)
@@ -173,11 +174,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="channels_last memory format (CUDA only)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each model (compiled during the warm-up steps; recorded in its own section)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile's backend (inductor; 'eager' only checks the code path in seconds on a CPU, "
+                        "where inductor takes minutes)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure peak memory (one child process per model)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own; 1 is steadier on a shared machine)")
-    p.add_argument("--write", action="store_true", help="record this run in benchmarks/RESULTS.md")
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=False,
+                   help="record this run in benchmarks/RESULTS.md (--no-write undoes an earlier --write)")
     return p.parse_args(argv)
 
 
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     s = Setup(device=device, batch=args.batch or (32 if cuda else 8), size=args.size,
-              amp=args.amp and cuda, channels_last=args.channels_last and cuda, compile=args.compile)
+              amp=args.amp and cuda, channels_last=args.channels_last and cuda, compile=args.compile,
+              backend=args.compile_backend)
     steps = args.steps or (10 if cuda else 2)
     rounds = args.rounds or 5
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = "bf16 autocast, channels_last" if s.amp and s.channels_last else \
         "bf16 autocast" if s.amp else "fp32"
     if s.compile:
-        precision += ", torch.compile"
+        precision += ", torch.compile" + ("" if s.backend == "inductor" else f" ({s.backend})")
     print(f"device {dev_name}; batch {s.batch} x 3 x {s.size} x {s.size}; {precision}; "
           f"{rounds} rounds x {steps} steps, {warmup} warm-up")
 

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# Where --write records runs; LSDC_BENCH_RESULTS moves it (the smoke runs in tests/ and `gpu_check.sh smoke`
+# write to a temporary copy, never to the real one).
+RESULTS = Path(os.environ.get("LSDC_BENCH_RESULTS") or Path(__file__).resolve().parent / "RESULTS.md")
 LOADED = 1.5  # 1-minute load average above which a run is flagged as taken on a shared/loaded machine
 
 

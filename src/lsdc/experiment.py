@@ -198,8 +198,12 @@ def select_logits(logits: torch.Tensor, cond: torch.Tensor, k: int) -> torch.Ten
 
 def to_input(crops: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """uint8 crops (N, H, W, C) -> the network's float32 input (N, C, H, W), standardised per channel with
-    the statistics of the fold that trained the model (training, inference and the report all use this)."""
-    x = torch.from_numpy(np.asarray(crops)).permute(0, 3, 1, 2).float()
+    the statistics of the fold that trained the model (training, inference and the report all use this).
+    Any layout is accepted: flipped (negative strides) or strided views, read-only memory maps, any dtype."""
+    a = np.ascontiguousarray(crops, dtype=np.float32)   # a fresh array unless already contiguous float32
+    if not a.flags.writeable:   # torch.from_numpy warns on read-only memory (a float32 memory map passes through)
+        a = a.copy()
+    x = torch.from_numpy(a).permute(0, 3, 1, 2)
     return standardise(x, torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
                        ).contiguous()
 

@@ -82,8 +82,9 @@ def optimism(out: Path, names: list[str], labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def recipe_pairs(out: Path, names: list[str]) -> list[tuple[str, str, str]]:
-    """(variant, base, what changed) for each model trained with recipe switches (``PAPER_RECIPE`` off their
-    defaults) whose otherwise identical experiment is also among ``names``."""
+    """(variant, base, what changed) for every two models of ``names`` whose settings differ only in recipe
+    keys (``PAPER_RECIPE``), the base being the one at the paper's value in each key where they differ (so a
+    switch is measured against the model without it, whatever the defaults)."""
     def settings(n: str) -> dict:
         d = config_mod.to_dict(load_experiment_config(out / n))
         for key in ("name", "tag"):
@@ -93,16 +94,18 @@ def recipe_pairs(out: Path, names: list[str]) -> list[tuple[str, str, str]]:
             d["train"].pop(key, None)
         return d
 
+    def without_recipe(d: dict) -> dict:
+        return {**d, "train": {k: v for k, v in d["train"].items() if k not in PAPER_RECIPE}}
+
     known = {n: settings(n) for n in names if (out / n / "config.yaml").is_file()}
     pairs = []
     for n, d in known.items():
-        changed = {k: d["train"][k] for k in PAPER_RECIPE if d["train"][k] != PAPER_RECIPE[k]}
-        if not changed:
-            continue
-        base = {**d, "train": {**d["train"], **PAPER_RECIPE}}
-        match = [m for m, e in known.items() if m != n and e == base]
-        if match:
-            pairs.append((n, match[0], ", ".join(f"{k}={v}" for k, v in changed.items())))
+        for m, e in known.items():
+            differ = [k for k in PAPER_RECIPE if d["train"][k] != e["train"][k]]
+            if m == n or not differ or without_recipe(d) != without_recipe(e):
+                continue
+            if all(e["train"][k] == PAPER_RECIPE[k] for k in differ):
+                pairs.append((n, m, ", ".join(f"{k}={d['train'][k]}" for k in differ)))
     return pairs
 
 

@@ -78,7 +78,7 @@ if [ -n "$SMOKE" ]; then
   S_DATA="--device cpu --fed-step --studies 1 --size 32 --batch 8 --workers 1 --rounds 1 --gpu-batch 4 --gpu-steps 1"
   TINY=tests/data/bench_tiny.yaml   # the smallest experiment that trains, and the smallest localiser
   S_FOLDS="--config $TINY --studies 4 --workers 1"
-  S_SCALING="--device cpu --sizes 1 --stages crops localise predict --configs $TINY \
+  S_SCALING="--device cpu --sizes 1 --stages predict --configs $TINY \
     --localizer-config tests/data/bench_tiny_localizer.yaml --folds 2 --threads 1"
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"

@@ -207,8 +207,8 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     # 4. K-fold training of the tiny config (the second fold may or may not fit the deadline)
     assert re.search(rf"fold 0: {NUM} s, 1 epochs, \d+ training crops", log)
     _history_row(_section(out_dir / "RESULTS.md", "folds_cpu"), r"`tests/data/bench_tiny.yaml` \| 4 \| 32 \| [12] / 2 ")
-    # 5. every stage of the prediction cost on untrained tiny weights
-    for stage in ("crops", "localise", "predict"):
+    # 5. the prediction cost on untrained tiny weights (the stage gpu_check.sh times)
+    for stage in ("predict",):
         assert re.search(rf"^{stage} +1 studies: +{NUM} s, {NUM} s/study, peak \d+ MiB", log, flags=re.M), stage
     assert re.search(rf"Budget: whole-ensemble prediction at {NUM} s/study", log)
     scaling = _section(out_dir / "RESULTS.md", "scaling")

@@ -332,9 +332,10 @@ def test_the_metric_recipe_trains_and_chooses_its_epoch_by_the_score(smoke_run):
     schedule (epoch-end values of lr_factor)."""
     cfg = dataclasses.replace(smoke_run["cfg"], tag="recipe")
     cfg.train = dataclasses.replace(cfg.train, loss="metric", select="score", schedule="cosine", warmup_epochs=1)
+    cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
     summary = train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     assert summary["oof_score"]["score"] < summary["prior_score"]["score"] - 0.1
-    for fold in (0, 1):
+    for fold in (0,):
         folder = smoke_run["out"] / cfg.experiment / f"fold{fold}"
         epochs, metrics = pd.read_csv(folder / "epochs.csv"), json.loads((folder / "metrics.json").read_text())
         assert metrics["selected_by"] == "score"

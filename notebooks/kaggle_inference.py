@@ -84,8 +84,14 @@ submission = predict_submission(DATA_DIR, weights, out / "submission.csv", cfg)
 # %%
 import pandas as pd
 
-report = pd.read_csv(out / "predict_report.csv")
-failed = report[(report.error.fillna("") != "") | (report.cells_localised == 0)]
-print(f"{out / 'submission.csv'}: {len(submission)} rows, {len(report)} studies; "
+report = pd.read_csv(out / "predict_report.csv", keep_default_na=False)
+if "source" in report.columns:   # one line per row: the models and folds that made it, or the prior and why
+    print(report.groupby(["source", "reason"]).size().rename("rows").to_string())
+    failed = [s for s, rows in report.groupby("study_id") if (rows.source == "prior").all()]
+    n_studies = report.study_id.nunique()
+else:   # a pack made before per-row provenance writes one line per study
+    failed = report[(report.error != "") | (report.cells_localised == 0)].study_id.tolist()
+    n_studies = len(report)
+print(f"{out / 'submission.csv'}: {len(submission)} rows, {n_studies} studies; "
       f"{len(failed)} without any model prediction (training prior)")
 submission.head(10)

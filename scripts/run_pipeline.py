@@ -10,11 +10,13 @@ resumes, so rerunning after an interruption continues where it stopped.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from lsdc import cli
 from lsdc.ensemble import summary_markdown
+from lsdc.inference import REPORT_CSV, provenance_markdown
 from lsdc.labeled_test import labeled_test_markdown
 from lsdc.localized_oof import cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"step times (s): {result['times']}")
     print("figures: " + ", ".join(str(p) for p in result["figures"]))
     print(f"submission: {result['submission']}")
+    print(f"where its rows come from (every row in {Path(result['submission']).with_name(REPORT_CSV)}):")
+    print(provenance_markdown(result["provenance"]))
     log.info("pipeline finished: %s", result["submission"])
     return 0
 

@@ -22,7 +22,7 @@ from lsdc import metric, schema
 from lsdc.ensemble import FOLD_AVERAGES, blend_folds
 from lsdc.errors import DataError
 from lsdc.experiment import fill_with_prior, load_prior
-from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
+from lsdc.inference import FOLD_PREDICTIONS_CSV, PRIOR, REPORT_CSV, PredictConfig, predict_submission, read_report
 from lsdc.labeled_test import SHIPPED, fold_frames_of
 from lsdc.localize import LOCALIZER_PT, OOF_POINTS_CSV, VIEWS, LocalizerExperiment, train_localizer
 from lsdc.pipeline import TEST_SCORES_CSV, PipelineConfig, StepRef, run_pipeline
@@ -169,3 +169,17 @@ def test_labeled_test_studies_get_the_labeled_test_table(first_run):
     rebuilt = fill_with_prior(sub.row_id.tolist(), blend_folds(spec, fold_frames_of(folds), rule), prior)
     np.testing.assert_allclose(rebuilt[list(schema.SEVERITY_COLUMNS)], sub[list(schema.SEVERITY_COLUMNS)],
                                atol=1e-12)
+
+
+def test_the_pipeline_counts_the_submission_rows_per_source_and_reason(first_run):
+    """The pipeline's result (printed at its end) counts every submitted row by where it came from, as its
+    predict_report.csv says row by row: here every row from the tiny experiment's two fold models."""
+    counts = first_run["result"]["provenance"]
+    sub = pd.read_csv(first_run["root"] / "submission.csv")
+    report = read_report(first_run["root"] / REPORT_CSV)
+    assert report.row_id.tolist() == sub.row_id.tolist()
+    assert counts.rows.sum() == len(sub) == 25 * report.study_id.nunique()
+    expected = report.groupby(["source", "reason"]).agg(rows=("row_id", "size"), studies=("study_id", "nunique"))
+    assert counts.set_index(["source", "reason"]).sort_index().equals(expected.sort_index())
+    assert set(report.source) <= {"attention_tiny[0,1]", PRIOR}
+    assert (report.reason[report.source == PRIOR] != "").all()

@@ -213,10 +213,10 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
     the crops and of the series' intensity window).
 
     Returns index rows (with the PNG path when ``out_dir`` is given) and, when it is not, the crops
-    in memory keyed by (condition, level). A request that fails (missing series, unknown instance)
-    is logged with the study and skipped, and appended to ``failures`` when given (condition, level,
-    error). ``series_cache`` holds series already loaded (at inference, by the localiser), so their headers
-    are not read twice.
+    in memory keyed by (condition, level). A request that fails (missing series, unknown instance, an
+    unreadable slice) is logged with the study and skipped, and appended to ``failures`` when given
+    (condition, level, error). ``series_cache`` holds series already loaded (at inference, by the
+    localiser), so their headers are not read twice.
     """
     rows: list[dict[str, Any]] = []
     arrays: dict[tuple[str, str], np.ndarray] = {}
@@ -244,14 +244,14 @@ def crop_study(study_dir: Path, requests: list[CropRequest], cfg: CropConfig, ou
                 failures.extend({"condition": r.condition, "level": r.level, "error": str(exc)} for r, _ in todo)
             continue
         for r, path in todo:
-            try:
+            try:   # this point only (unknown instance, a neighbour slice's pixels unreadable): the others are cut
                 index = series.index_of_instance(r.instance_number)
-            except DataError as exc:  # this point only: the series' other crops are still cut
+                crop = crop_roi(series, index, r.x, r.y, cfg.mm(r.condition), cfg, window)
+            except DataError as exc:
                 log.warning("study %s: no %s %s crop: %s", study_id, r.condition, r.level, exc)
                 if failures is not None:
                     failures.append({"condition": r.condition, "level": r.level, "error": str(exc)})
                 continue
-            crop = crop_roi(series, index, r.x, r.y, cfg.mm(r.condition), cfg, window)
             if path is None:
                 arrays[(r.condition, r.level)] = crop
             else:

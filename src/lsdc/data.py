@@ -90,9 +90,11 @@ def submission_row_ids(data_dir: str | Path) -> list[str]:
     return [r for s in studies for r in schema.study_row_ids(int(s))]
 
 
-def load_study_series(study_dir: Path, series: pd.DataFrame) -> dict[str, list[Series]]:
+def load_study_series(study_dir: Path, series: pd.DataFrame, failures: dict[str, list[str]] | None = None
+                      ) -> dict[str, list[Series]]:
     """A study's readable series by description, from its rows of the series table; a series that is
-    missing or unreadable is logged with the study and left out."""
+    missing or unreadable is logged with the study and left out, and its reason added to ``failures``
+    (description -> messages) when given, so a caller can tell "unreadable" from "never listed"."""
     out: dict[str, list[Series]] = {}
     for r in series.itertuples(index=False):
         try:
@@ -100,6 +102,8 @@ def load_study_series(study_dir: Path, series: pd.DataFrame) -> dict[str, list[S
                             description=r.series_description)
         except DataError as exc:
             log.warning("study %s: series %s (%s) unusable: %s", r.study_id, r.series_id, r.series_description, exc)
+            if failures is not None:
+                failures.setdefault(r.series_description, []).append(str(exc))
             continue
         out.setdefault(r.series_description, []).append(s)
     return out

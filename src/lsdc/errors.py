@@ -15,3 +15,8 @@ class DataError(LsdcError):
 
 class TrainingDiverged(LsdcError):
     """A training run whose loss or predictions stopped being finite numbers."""
+
+
+class NonFiniteOutput(LsdcError):
+    """A trained model gave a NaN or infinite output at prediction time: its weights are broken, which no
+    other model or the prior may quietly stand in for."""

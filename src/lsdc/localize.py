@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from lsdc import schema
 from lsdc.crops import CropRequest, resample_patch, series_window
 from lsdc.data import images_dir, load_coordinates, load_series_descriptions, load_study_series
 from lsdc.dicom import Series, read_header
-from lsdc.errors import ConfigError, DataError
+from lsdc.errors import ConfigError, DataError, NonFiniteOutput
 from lsdc.experiment import CONFIG_YAML, METRICS_JSON, FoldConfig, resolve_device
 from lsdc.folds import folds_csv, load_folds
 from lsdc.geometry import inside_image, patient_to_pixel, pixel_to_patient
@@ -109,6 +110,32 @@ FORAMEN = View("foramen", "foraminal", N_LEVELS)
 RECESS = View("recess", "subarticular", 2)         # channel 0: left recess, 1: right
 VIEWS = (CANAL, CANAL_ROI, FORAMEN, RECESS)
 SIDES = ("left", "right")
+# The series each view runs on (any one of them; the canal view prefers the first).
+VIEW_SERIES: dict[str, tuple[str, ...]] = {CANAL.name: (schema.SAG_T2, schema.SAG_T1),
+                                           CANAL_ROI.name: (schema.SAG_T2, schema.SAG_T1),
+                                           FORAMEN.name: (schema.SAG_T1,), RECESS.name: (schema.AXIAL_T2,)}
+
+# Why a cell got no point (Localizer.locate's info["unplaced"]), for the prediction report.
+NO_SERIES = "no_series"                  # the study has no usable series of the view's descriptions
+SERIES_UNREADABLE = "series_unreadable"  # the series is there but its pixels cannot be read
+NOT_PLACED = "not_placed"                # the series was read; no slice fits the point (the detail says why)
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """Why the localiser placed no point for one cell: ``reason`` (NO_SERIES, SERIES_UNREADABLE or
+    NOT_PLACED), in its own words (``detail``), and with NO_SERIES the descriptions any of which would have
+    served (``needs``), so a caller who read the series table can tell a missing series from a listed one
+    that could not be read."""
+
+    reason: str
+    detail: str
+    needs: tuple[str, ...] = ()
+
+
+def group_cells(groups: Sequence[str]) -> list[tuple[str, str]]:
+    """Every (condition, level) of the given metric groups, in the competition's order."""
+    return [(c, lv) for c in schema.CONDITIONS if schema.CONDITION_INFO[c].group in groups for lv in schema.LEVELS]
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -502,65 +529,108 @@ class Localizer:
 
     @torch.no_grad()
     def run(self, view: View, stack: Stack) -> np.ndarray:
-        """(n, C, h, w) logits of a view's detector on every slice of a stack (mean over fold models)."""
+        """(n, C, h, w) logits of a view's detector on every slice of a stack (mean over fold models).
+
+        NonFiniteOutput when they are not all finite: broken weights would place every point at random."""
         models = self.models[view.name]
         x = torch.from_numpy(stack.inputs(list(range(len(stack))))).to(next(models[0].parameters()).device)
-        return torch.stack([m(x) for m in models]).mean(0).cpu().numpy()
+        logits = torch.stack([m(x) for m in models]).mean(0)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteOutput(f"the localiser's {view.name} detector gave non-finite outputs on "
+                                  f"{stack.series.name}: its weights are broken; train it again with "
+                                  "scripts/03_train_localizer.py")
+        return logits.cpu().numpy()
 
     def locate(self, found: dict[str, list[Series]]) -> tuple[list[CropRequest], dict[str, Any]]:
-        """Crop requests for every (condition, level) that could be placed, and what was found (the
-        canal points in patient space, and the views that could not run and why)."""
+        """Crop requests for every (condition, level) that could be placed, and what was found: the canal
+        points in patient space, the views that could not run (``missing``) and, for every cell without a
+        request, why (``unplaced``: (condition, level) -> :class:`Unplaced`).
+
+        A series whose pixels cannot be read (DataError) loses its own view's cells only."""
         requests: list[CropRequest] = []
-        info: dict[str, Any] = {"canal_points": None, "missing": []}
-        size, stride = self.cfg.image_size, self.cfg.stride
+        unplaced: dict[tuple[str, str], Unplaced] = {}
+        info: dict[str, Any] = {"canal_points": None, "missing": [], "unplaced": unplaced}
         canal_series = view_series(CANAL, found)
         if not canal_series:
             info["missing"].append("no sagittal series: no level can be placed")
+            unplaced.update(dict.fromkeys(group_cells(schema.GROUPS), Unplaced(
+                NO_SERIES, "no sagittal series: no level can be placed", VIEW_SERIES[CANAL.name])))
             return requests, info
-        stack = Stack(canal_series[0], size, stride)
-        canal, j, pixels = self._canal(CANAL, stack)
-        if CANAL_ROI.name in self.models:
-            stack = view_stack(CANAL_ROI, canal_series[0], canal, self.cfg)
-            canal, j, pixels = self._canal(CANAL_ROI, stack)
+        try:
+            stack = Stack(canal_series[0], self.cfg.image_size, self.cfg.stride)
+            canal, j, pixels = self._canal(CANAL, stack)
+            if CANAL_ROI.name in self.models:
+                stack = view_stack(CANAL_ROI, canal_series[0], canal, self.cfg)
+                canal, j, pixels = self._canal(CANAL_ROI, stack)
+        except DataError as exc:
+            info["missing"].append(f"sagittal series unreadable: no level can be placed ({exc})")
+            unplaced.update(dict.fromkeys(group_cells(schema.GROUPS), Unplaced(
+                SERIES_UNREADABLE, f"{canal_series[0].description} {canal_series[0].name}: {exc}")))
+            return requests, info
         for level, lv in enumerate(schema.LEVELS):
             requests.append(self._request(SPINAL, lv, stack, j, *pixels[level]))
         info["canal_points"] = canal
-
-        t1 = view_series(FORAMEN, found)
-        if t1:
-            t1_stack = view_stack(FORAMEN, t1[0], canal, self.cfg)
-            logits = self.run(FORAMEN, t1_stack)
-            scores = slice_scores(torch.from_numpy(logits)).numpy()
-            for level, lv in enumerate(schema.LEVELS):
-                lateral = t1_stack.lateral(canal[level])
-                for side, sign in (("left", 1.0), ("right", -1.0)):
-                    cands = np.flatnonzero(sign * lateral > 0)
-                    if not len(cands):
-                        continue
-                    j = int(cands[np.argmax(scores[cands, level])])
-                    x, y = t1_stack.to_pixels(j, *decode(logits[j, level:level + 1])[0])
-                    requests.append(self._request(schema.condition_for("foraminal", side), lv, t1_stack, j, x, y))
-        else:
-            info["missing"].append("no Sagittal T1: no foramen placed")
-
-        axial = view_series(RECESS, found)
-        if axial:
-            stacks = [view_stack(RECESS, s, canal, self.cfg) for s in axial]
-            logits = [self.run(RECESS, s) for s in stacks]
-            scores = [slice_scores(torch.from_numpy(lg)).numpy() for lg in logits]
-            for level, lv in enumerate(schema.LEVELS):
-                cands = axial_candidates(stacks, canal[level], self.cfg.axial_window_mm)
-                prior = axial_prior(stacks, cands, canal[level], self.cfg.axial_prior_mm) or [0.0] * len(cands)
-                for channel, side in enumerate(SIDES):
-                    if not cands:
-                        continue
-                    best = int(np.argmax([scores[k][j, channel] + p for (k, j), p in zip(cands, prior)]))
-                    k, j = cands[best]
-                    x, y = stacks[k].to_pixels(j, *decode(logits[k][j, channel:channel + 1])[0])
-                    requests.append(self._request(schema.condition_for("subarticular", side), lv, stacks[k], j, x, y))
-        else:
-            info["missing"].append("no Axial T2: no recess placed")
+        for view, place in ((FORAMEN, self._foramina), (RECESS, self._recesses)):
+            chosen = view_series(view, found)
+            cells = group_cells([view.group])
+            if not chosen:
+                what = f"no {' or '.join(VIEW_SERIES[view.name])}: no {view.group} point placed"
+                info["missing"].append(what)
+                unplaced.update(dict.fromkeys(cells, Unplaced(NO_SERIES, what, VIEW_SERIES[view.name])))
+                continue
+            try:
+                placed, why = place(chosen, canal)
+            except DataError as exc:
+                info["missing"].append(f"{view.group} series unreadable: no {view.group} point placed ({exc})")
+                unplaced.update(dict.fromkeys(cells, Unplaced(SERIES_UNREADABLE, str(exc))))
+                continue
+            requests.extend(placed)
+            unplaced.update({cell: Unplaced(NOT_PLACED, text) for cell, text in why.items()})
         return requests, info
+
+    def _foramina(self, t1: list[Series], canal: np.ndarray
+                  ) -> tuple[list[CropRequest], dict[tuple[str, str], str]]:
+        """Each foramen on the first Sagittal T1: the best slice on its side of the level's canal point;
+        a side without any slice is left out, with the reason."""
+        requests, why = [], {}
+        t1_stack = view_stack(FORAMEN, t1[0], canal, self.cfg)
+        logits = self.run(FORAMEN, t1_stack)
+        scores = slice_scores(torch.from_numpy(logits)).numpy()
+        for level, lv in enumerate(schema.LEVELS):
+            lateral = t1_stack.lateral(canal[level])
+            for side, sign in (("left", 1.0), ("right", -1.0)):
+                condition = schema.condition_for("foraminal", side)
+                cands = np.flatnonzero(sign * lateral > 0)
+                if not len(cands):
+                    why[(condition, lv)] = f"no Sagittal T1 slice on the {side} of the {lv} canal point"
+                    continue
+                j = int(cands[np.argmax(scores[cands, level])])
+                x, y = t1_stack.to_pixels(j, *decode(logits[j, level:level + 1])[0])
+                requests.append(self._request(condition, lv, t1_stack, j, x, y))
+        return requests, why
+
+    def _recesses(self, axial: list[Series], canal: np.ndarray
+                  ) -> tuple[list[CropRequest], dict[tuple[str, str], str]]:
+        """Each recess over every Axial T2 series: the best candidate slice near its level's canal point; a
+        level without a candidate slice is left out, with the reason."""
+        requests, why = [], {}
+        stacks = [view_stack(RECESS, s, canal, self.cfg) for s in axial]
+        logits = [self.run(RECESS, s) for s in stacks]
+        scores = [slice_scores(torch.from_numpy(lg)).numpy() for lg in logits]
+        for level, lv in enumerate(schema.LEVELS):
+            cands = axial_candidates(stacks, canal[level], self.cfg.axial_window_mm)
+            prior = axial_prior(stacks, cands, canal[level], self.cfg.axial_prior_mm) or [0.0] * len(cands)
+            for channel, side in enumerate(SIDES):
+                condition = schema.condition_for("subarticular", side)
+                if not cands:
+                    why[(condition, lv)] = (f"no Axial T2 slice within {self.cfg.axial_window_mm:g} mm of the "
+                                            f"{lv} canal point")
+                    continue
+                best = int(np.argmax([scores[k][j, channel] + p for (k, j), p in zip(cands, prior)]))
+                k, j = cands[best]
+                x, y = stacks[k].to_pixels(j, *decode(logits[k][j, channel:channel + 1])[0])
+                requests.append(self._request(condition, lv, stacks[k], j, x, y))
+        return requests, why
 
     def _canal(self, view: View, stack: Stack) -> tuple[np.ndarray, int, list[tuple[float, float]]]:
         """The canal's five level points (patient space), the slice they share and their pixels there."""

@@ -3,7 +3,8 @@
 The localiser's held-out requests (``oof_points.csv``: each training study placed by the fold model that
 did not see it) are cropped like test studies and classified by each experiment's model of the same
 fold, with the test-time flips when prediction uses them (``tta``). Needs the localiser and the experiments
-on the same folds. Cells without a crop get the prior of the other folds' labels.
+on the same folds. Cells without a crop get the prior of the other folds' labels; a named experiment with a
+fold untrained, or a model giving NaN, is an error (the OOF would quietly hold prior rows).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from lsdc.inference import (
     FoldRows,
     PredictConfig,
     add_fold_rows,
+    check_trained,
     classify,
     crops_per_model,
     localizer_folder,
     trained_experiments,
+    untrained_message,
 )
 from lsdc.io import read_csv_checked, write_csv
 from lsdc.localize import OOF_POINTS_CSV
@@ -65,8 +68,8 @@ def finished_experiments(weights_dir: Path) -> list[str]:
         if (folder / OOF_CSV).is_file() and all((folder / f"fold{f}" / BEST_PT).is_file() for f in range(n_folds)):
             out.append(name)
         else:
-            log.info("experiment %s is left out of the localised OOF: not all of its %d folds are trained",
-                     name, n_folds)
+            log.warning("experiment %s is left out of the localised OOF: not all of its %d folds are trained",
+                        name, n_folds)
     return out
 
 
@@ -86,6 +89,12 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     if not names:
         raise DataError(f"no experiment in {weights_dir} has all its folds trained and an {OOF_CSV}: run "
                         "scripts/02_train.py first")
+    for n in names:   # a fold without its model would give its studies the prior, not a localised OOF
+        folder = weights_dir / n
+        check_trained(n, folder, "the localised OOF", every_fold=True)
+        if not (folder / OOF_CSV).is_file():
+            raise DataError(f"experiment {n}: {folder / OOF_CSV} not found: finish its training with "
+                            "scripts/02_train.py (it writes the OOF once every fold is trained)")
     inputs = {"config": {k: getattr(cfg, k) for k in MADE_FROM},
               "localizer": [file_state(f) for f in sorted(loc_dir.glob("*")) if f.is_file()],
               "experiments": {n: experiment_state(weights_dir / n) for n in names},
@@ -118,9 +127,10 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
         crops = crops_per_model(study_dir, requests_of.get(int(sid), []), models, None)
         for name, m in models.items():
             held_out = m.only_fold(fold)
-            if held_out is not None:
-                add_fold_rows(per_fold, name, int(sid), classify(held_out, crops[name], device, cfg.tta,
-                                                                 cfg.batch_size))
+            if held_out is None:   # checked above from config.yaml where there is one; here from the checkpoints
+                raise DataError(untrained_message(name, weights_dir / name, [fold], m.cfg.folds.n_folds,
+                                                  "the localised OOF"))
+            add_fold_rows(per_fold, name, int(sid), classify(held_out, crops[name], device, cfg.tta, cfg.batch_size))
     row_ids = [r for sid in studies for r in schema.study_row_ids(int(sid))]
     labels = load_train_labels(data_dir)
     solution = solution_from_labels(labels[labels.study_id.isin(studies)])

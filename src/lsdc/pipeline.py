@@ -19,7 +19,14 @@ from lsdc.ensemble import EnsembleConfig, build_ensemble, table_names
 from lsdc.errors import ConfigError
 from lsdc.experiment import LOCALIZED_OOF_CSV, OOF_CSV, ExperimentConfig, load_prior
 from lsdc.folds import prepare_folds
-from lsdc.inference import FOLD_PREDICTIONS_CSV, PredictConfig, predict_submission
+from lsdc.inference import (
+    FOLD_PREDICTIONS_CSV,
+    REPORT_CSV,
+    PredictConfig,
+    predict_submission,
+    provenance_counts,
+    read_report,
+)
 from lsdc.io import write_csv
 from lsdc.labeled_test import read_labeled_test
 from lsdc.localize import LocalizerExperiment, train_localizer
@@ -81,7 +88,9 @@ def prepare_inputs(data_dir: str | Path, output_dir: str | Path, experiments: Se
 
 def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Path,
                  root: str | Path = ".") -> dict[str, Any]:
-    """Run every step in order; each step resumes, so rerunning after an interruption continues."""
+    """Run every step in order; each step resumes, so rerunning after an interruption continues. The result
+    holds, besides the tables and paths, ``provenance``: the submission's rows counted per source (models and
+    folds, or the prior) and reason (:func:`lsdc.inference.provenance_counts`)."""
     cfg.check()
     data_dir, output_dir, root = Path(data_dir), Path(output_dir), Path(root)
     t0 = time.perf_counter()
@@ -140,6 +149,7 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
     s = time.perf_counter()
     submission = Path(cfg.submission)
     predict_submission(data_dir, output_dir, submission, pcfg)
+    provenance = provenance_counts(read_report(submission.with_name(REPORT_CSV)))
     test_scores = None
     if labeled_test:
         test_scores = read_labeled_test(data_dir, submission, submission.with_name(FOLD_PREDICTIONS_CSV), spec,
@@ -158,4 +168,4 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
             "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
             "spec": spec, "table": table, "localisation_cost": output_dir / SCORES_CSV if localized else None,
-            "test_scores": test_scores}
+            "test_scores": test_scores, "provenance": provenance}

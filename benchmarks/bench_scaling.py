@@ -20,6 +20,11 @@ models: smaller crops and fewer folds than the full configs, so the figures are 
 The per-study cost should stay flat (total linear in studies); the largest size's figure, times the
 hidden test's size, gives the Kaggle budget.
 
+Beside it, its bound (``--bound-studies`` > 0, on the CPU): the multiply-adds of the localiser and of the whole
+prediction per study, counted by ``lsdc.models.profile.count_macs_of`` on the first studies, over the peak of a
+float32 matrix product measured on the same CPU, at the same thread count, in the same run. Measured over bound
+says how far the pipeline is from the arithmetic it must do (reading, resampling and Python besides).
+
     python benchmarks/bench_scaling.py --weights-dir outputs --write
     python benchmarks/bench_scaling.py --sizes 10 20 --stages crops     # a quick look
 """
@@ -46,6 +51,7 @@ from lsdc.data import images_dir, load_series_descriptions, load_study_series
 from lsdc.experiment import load_experiment_config, resolve_device
 from lsdc.inference import PredictConfig, ensemble_plan, localizer_folder, predict_submission
 from lsdc.localize import Localizer
+from lsdc.models.profile import count_macs_of, matmul_peak_flops
 from lsdc.synthetic import SyntheticConfig, generate
 from untrained import untrained_weights
 
@@ -120,6 +126,37 @@ def measure(stage: str, data: Path, weights: Path, work: Path, threads: int, dev
     return {"studies": n, "seconds": wall, "s_per_study": wall / n, "peak_mib": _peak_mib(), "base_mib": base}
 
 
+def bound(data: Path, weights: Path, work: Path, threads: int) -> dict[str, float]:
+    """Multiply-adds per study of the localiser and of the whole prediction on ``data``'s studies (counted, in
+    this fresh process), and the float32 matrix-product peak (FLOP/s) at ``threads``."""
+    torch.set_num_threads(threads)
+    n = len(pd.read_csv(data / schema.TRAIN_CSV))
+    cfg = PredictConfig(device="cpu")
+    localizer = Localizer.load(localizer_folder(weights, cfg.localizer), resolve_device("cpu"))
+    series = load_series_descriptions(data, "test")
+    studies = [(images_dir(data, "test") / str(sid), rows) for sid, rows in series.groupby("study_id")]
+    loc_macs, _ = count_macs_of(lambda: [localizer.locate(load_study_series(d, rows)) for d, rows in studies])
+    all_macs, _ = count_macs_of(lambda: predict_submission(data, weights, work / "submission.csv", cfg,
+                                                           show_progress=False))
+    return {"localise": loc_macs / n, "predict": all_macs / n, "peak_flops": matmul_peak_flops()}
+
+
+def bound_lines(b: dict[str, float], results: dict[str, dict[int, dict[str, float]]], n: int, size: int,
+                threads: int) -> list[str]:
+    """The bound's lines: multiply-adds per study, the peak, and measured over bound for each stage timed."""
+    lines = [f"- Bound (multiply-adds counted on the first {n} studies; float32 matrix-product peak "
+             f"{b['peak_flops'] / 1e9:.1f} GFLOP/s at {threads} threads, this CPU, this run): localiser "
+             f"{b['localise'] / 1e9:.2f} GMAC/study, whole prediction {b['predict'] / 1e9:.2f} GMAC/study "
+             f"(the ensemble's share {(b['predict'] - b['localise']) / 1e9:.2f})"]
+    for stage in ("localise", "predict"):
+        if stage in results and size in results[stage]:
+            floor = 2 * b[stage] / b["peak_flops"]
+            measured = results[stage][size]["s_per_study"]
+            lines.append(f"  - {stage}: bound {floor:.3f} s/study, measured {measured:.3f} at {size} studies: "
+                         f"{measured / floor:.1f}x the bound")
+    return lines
+
+
 def untrained_text(args: argparse.Namespace) -> str:
     """What --untrained timed: the full configs, or the ones given."""
     full = [CONFIGS / f"{m}.yaml" for m in FULL]
@@ -154,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-hours", type=float, default=9.0,
                    help="the notebook run-time limit to budget against (Kaggle code competitions: usually 9 h; "
                         "check the competition's Code Requirements)")
+    p.add_argument("--bound-studies", type=int, default=5,
+                   help="studies the multiply-adds are counted on for the bound (0: no bound; CPU runs only)")
     p.add_argument("--write", action="store_true", help="record this run in benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
@@ -189,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                 results[stage][n] = r
                 print(f"{stage:8s} {n:4d} studies: {r['seconds']:7.1f} s, {r['s_per_study']:.3f} s/study, "
                       f"peak {r['peak_mib']:.0f} MiB (before the stage {r['base_mib']:.0f})")
+        bound_text: list[str] = []
+        if args.bound_studies > 0 and args.device == "cpu":
+            n_bound = min(args.bound_studies, max(args.sizes))
+            folder = subset(data.resolve(), root, n_bound)
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                b = pool.submit(bound, folder, args.weights_dir.resolve(), root / "work_bound", args.threads).result()
+            bound_text = bound_lines(b, results, n_bound, max(args.sizes), args.threads)
+            print("\n".join(bound_text))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load_after = common.load_average()
@@ -236,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                  *common.machine_lines(args.device, load_before, load_after),
                  f"- Weights: {untrained_text(args) if args.untrained else f'`{args.weights_dir}`'} "
                  f"({', '.join(models)})",
-                 *budget, "", *table, "",
+                 *budget, *bound_text, "", *table, "",
                  *common.history_table("All runs:", HISTORY, [*common.history_rows(section, HISTORY), *rows])]
         common.write_section(section, "\n".join(lines))
     return 0

@@ -211,6 +211,9 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     for stage in ("predict",):
         assert re.search(rf"^{stage} +1 studies: +{NUM} s, {NUM} s/study, peak \d+ MiB", log, flags=re.M), stage
     assert re.search(rf"Budget: whole-ensemble prediction at {NUM} s/study", log)
+    assert re.search(rf"Bound \(multiply-adds counted on the first 1 studies; float32 matrix-product peak {NUM} "
+                     rf"GFLOP/s at \d+ threads.*\): localiser {NUM} GMAC/study, whole prediction {NUM} GMAC/study", log)
+    assert re.search(rf"predict: bound {NUM} s/study, measured {NUM} at 1 studies: {NUM}x the bound", log)
     scaling = _section(out_dir / "RESULTS.md", "scaling")
     assert "untrained, 2 folds of `tests/data/bench_tiny.yaml`" in scaling
     _history_row(scaling, r"\| predict \| - \| - \| - \| - \| \d+ \| yes \|$")   # sizes 25..200 only

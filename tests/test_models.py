@@ -19,6 +19,7 @@ from lsdc.models import (
     KeypointNet,
     ModelConfig,
     count_macs,
+    count_macs_of,
     count_parameters,
     create_model,
     list_models,
@@ -243,6 +244,25 @@ def test_count_parameters_and_macs() -> None:
     assert count_macs(nn.Linear(10, 4), (2, 10)) == 2 * 10 * 4
     model.train()
     assert count_macs(model, (1, 3, 64, 64)) > 0 and model.training
+
+
+def test_count_macs_of_a_whole_call_under_no_grad() -> None:
+    """What a prediction runs, under torch.no_grad: a convolution twice and a linear layer, by hand, with
+    what the call returned; the model's own count agrees at batch 3."""
+    conv, lin = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Linear(10, 4)
+
+    def run() -> str:
+        with torch.no_grad():
+            conv(torch.zeros(1, 3, 16, 16))
+            conv(torch.zeros(2, 3, 16, 16))
+            lin(torch.zeros(5, 10))
+        return "done"
+
+    assert count_macs_of(run) == (3 * 16 * 16 * 8 * 27 + 5 * 10 * 4, "done")
+    model = create_model(small_cfg()).eval()
+    with torch.no_grad():
+        macs, _ = count_macs_of(lambda: model(torch.zeros(3, 3, 64, 64)))
+    assert macs == 3 * count_macs(model, (1, 3, 64, 64))
 
 
 @pytest.mark.parametrize("name", list_models() + ["resnet18", "densenet121"])

@@ -41,7 +41,7 @@ from lsdc.progress import progress
 log = logging.getLogger(__name__)
 
 MARKER = ".lsdc_synthetic.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SIDES = ("left", "right")
 SIDE_SIGN = {"left": 1.0, "right": -1.0}  # LPS: +x is the patient's left
 
@@ -57,6 +57,8 @@ LEVEL_ODDS = (0.45, 0.65, 1.0, 1.55, 1.35)
 GRADE_FLIP_NM_SHARE = 0.7
 # Where a continuous axial stack starts (L1/L2, L2/L3, L3/L4); it always runs down to L5/S1.
 STACK_START_P = (0.5, 0.2, 0.3)
+# How many of the top levels (from L1/L2 down) lose both subarticular labels in a study that loses some.
+EMPTY_AXIAL_LEVELS_P = (0.4, 0.3, 0.3)
 
 # Tissue labels painted into the volume, with (T1, T2, STIR) relative intensities.
 AIR, FAT, MUSCLE, MARROW, BONE, NUCLEUS, ANNULUS, CSF, NERVE, LIGAMENT, ORGAN = range(11)
@@ -94,7 +96,12 @@ class SyntheticConfig:
     seed: int = 0
     workers: int = 2
     voxel_mm: float = 1.0                 # resolution of the painted anatomy
-    empty_label_rate: float = 0.003       # chance a label cell is empty (x20 for upper subarticular)
+    # Empty label cells, as in the real train.csv: spinal 0.05% and foraminal 0.25% of cells, subarticular
+    # 2.6%, almost always both sides of a level (252 cells in pairs against 13 one-sided); 9.4% of studies.
+    empty_spinal_rate: float = 0.0005     # per spinal cell
+    empty_foraminal_rate: float = 0.0025  # per foraminal cell
+    empty_axial_rate: float = 0.058       # chance a study's top 1-3 levels have no subarticular label, both sides
+    empty_one_side_rate: float = 0.0007   # per subarticular cell, one side only
     missing_series_rate: float = 0.02     # chance a study lacks one sagittal series
     extra_t1_rate: float = 0.02           # chance of a second Sagittal T1
     split_axial_rate: float = 0.16        # chance the axial slices come as two or three series
@@ -102,8 +109,17 @@ class SyntheticConfig:
     missing_coord_rate: float = 0.005     # chance a labeled cell has no coordinate row
     noise: float = 0.035                  # Rician noise, relative to the brightest tissue
     bias: float = 0.25                    # amplitude of the smooth bias field
-    sagittal_size: tuple[int, int] = (256, 384)   # range of image side in pixels
-    axial_size: tuple[int, int] = (192, 320)
+    # Pixel spacing (mm) drawn uniformly: medians 0.58 (Sagittal T2), 0.68 (Sagittal T1) and 0.43 (Axial T2)
+    # as in the real files; the image side is the field of view over the spacing, in steps of 32 pixels.
+    sagittal_t2_pixel_mm: tuple[float, float] = (0.45, 0.72)
+    sagittal_t1_pixel_mm: tuple[float, float] = (0.52, 0.84)
+    axial_pixel_mm: tuple[float, float] = (0.33, 0.53)
+    sagittal_fov_mm: tuple[float, float] = (220.0, 290.0)
+    axial_fov_mm: tuple[float, float] = (150.0, 210.0)
+    # Instance order: real Sagittal T1 series put a level's left foramen on the higher instance number in 64.1%
+    # of left/right pairs (numbered from the patient's right); 12.4% of real axial series run bottom-up.
+    sagittal_right_first_rate: float = 0.641
+    axial_inferior_first_rate: float = 0.124
     # Anatomy: where foramina and recesses sit relative to the canal.
     canal_ap_mm: tuple[float, float] = (5.5, 8.5)     # dural sac AP radius (mm)
     canal_lr_mm: tuple[float, float] = (8.5, 12.5)    # dural sac left-right radius (mm)
@@ -585,13 +601,23 @@ def _unique_ints(rng: np.random.Generator, lo: int, hi: int, n: int) -> list[int
 
 
 def _instance_numbers(rng: np.random.Generator, n: int) -> list[int]:
-    """Usually 1..n; sometimes starting elsewhere or with gaps, as on real scanners."""
+    """An axial series' instance numbers: usually 1..n; sometimes starting elsewhere or with gaps, as in real
+    axial series (real sagittal series are numbered 1..n)."""
     start = 1 if rng.random() < 0.85 else int(rng.integers(2, 40))
     if rng.random() < 0.08:
         steps = rng.integers(1, 4, size=n)
         steps[0] = 0
         return [start + int(s) for s in np.cumsum(steps)]
     return list(range(start, start + n))
+
+
+def _image_side(rng: np.random.Generator, pixel_mm: tuple[float, float], fov_mm: tuple[float, float]
+                ) -> tuple[int, float]:
+    """(pixels, pixel spacing) of an image side: a field of view and spacing drawn from their ranges, the side
+    rounded to a multiple of 32 pixels as scanners' matrices are, the spacing then the field over the side."""
+    fov = float(rng.uniform(*fov_mm))
+    side = max(32, int(round(fov / float(rng.uniform(*pixel_mm)) / 32)) * 32)
+    return side, fov / side
 
 
 def _plane_axes(normal: np.ndarray, up_hint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -609,11 +635,9 @@ def plan_sagittal(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig, se
     degrees of yaw), centred on the canal and wide enough to hold both sides' foramina."""
     n = int(rng.integers(15, 21))
     spacing = float(rng.uniform(3.3, 5.0))
-    size_lo, size_hi = cfg.sagittal_size
-    rows = int(rng.integers(size_lo, size_hi + 1)) // 2 * 2
-    cols = int(np.clip(rows * rng.choice([1.0, 1.0, 0.85, 1.15]), size_lo, size_hi)) // 2 * 2
-    fov = float(rng.uniform(220, 290))
-    ps = fov / rows
+    pixel_mm = cfg.sagittal_t1_pixel_mm if description == schema.SAG_T1 else cfg.sagittal_t2_pixel_mm
+    rows, ps = _image_side(rng, pixel_mm, cfg.sagittal_fov_mm)
+    cols = int(rows * rng.choice([1.0, 1.0, 0.85, 1.15])) // 2 * 2
     yaw = np.deg2rad(rng.uniform(-3, 3))
     normal = np.array([-np.cos(yaw), -np.sin(yaw), 0.0])   # towards the patient's right, like [0,1,0,0,0,-1]
     row = np.array([-np.sin(yaw), np.cos(yaw), 0.0])        # posterior
@@ -628,14 +652,14 @@ def plan_sagittal(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig, se
         spacing = min(5.5, 2 * need / (n - 1))
         n = max(n, min(24, int(np.ceil(2 * need / spacing)) + 1))
     offsets = (np.arange(n) - (n - 1) / 2 + shift) * spacing
-    descending = rng.random() < 0.5   # instance order right-to-left or left-to-right
+    descending = rng.random() < cfg.sagittal_right_first_rate   # instances from the patient's right first
     geoms = []
     for off in (offsets[::-1] if descending else offsets):
         c = centre + off * normal
         ipp = c - row * ps * (cols - 1) / 2 - col * ps * (rows - 1) / 2
         geoms.append(SliceGeometry(tuple(ipp), (*row, *col), (ps, ps), rows, cols))
     return SeriesPlan(series_id, description, contrast, geoms, float(rng.uniform(3.0, spacing)), spacing,
-                      _instance_numbers(rng, n))
+                      list(range(1, n + 1)))
 
 
 def _axial_block(centre: np.ndarray, normal: np.ndarray, offsets: np.ndarray, ps: float,
@@ -666,9 +690,7 @@ def plan_axial(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig,
     stack = rng.random() < cfg.axial_stack_rate
     start = int(rng.choice(3, p=STACK_START_P)) if stack else 5
     spacing = float(rng.uniform(3.0, 6.0)) if stack else float(rng.uniform(3.5, 5.0))
-    size_lo, size_hi = cfg.axial_size
-    ps = float(rng.uniform(0.5, 0.85))
-    base_rows = int(rng.integers(size_lo, size_hi + 1)) // 2 * 2
+    base_rows, ps = _image_side(rng, cfg.axial_pixel_mm, cfg.axial_fov_mm)
 
     def size() -> int:
         return base_rows if rng.random() > 0.05 else base_rows + 32   # shapes can vary inside a series
@@ -700,7 +722,7 @@ def plan_axial(rng: np.random.Generator, a: Anatomy, cfg: SyntheticConfig,
     else:
         split = [np.arange(len(blocks))]
     plans = []
-    inferior_first = rng.random() < 0.3
+    inferior_first = rng.random() < cfg.axial_inferior_first_rate
     for si, idx in enumerate(split):
         geoms = [g for b in idx for g in blocks[b]]
         if inferior_first:
@@ -857,29 +879,47 @@ def generate_study(args: tuple[int, int, bool, SyntheticConfig, str]) -> StudyRe
         images = render_series(plan, volumes[plan.contrast], vol, rng, cfg, scale)
         series_dir = Path(images_dir) / str(study_id) / str(plan.series_id)
         series_dir.mkdir(parents=True, exist_ok=True)
-        for g, img, inst in zip(plan.slices, images, plan.instance_numbers):
+        for g, img, inst in zip(plan.slices, images, plan.instance_numbers, strict=True):
             write_slice(series_dir / f"{inst}.dcm", img, g, inst, plan.description,
                         study_uid=_uid(study_id), series_uid=_uid(study_id, plan.series_id),
                         sop_uid=_uid(study_id, plan.series_id, inst), patient_id=str(study_id),
                         frame_of_reference_uid=_uid(study_id, "frame"), series_number=number,
                         slice_thickness=plan.slice_thickness if with_spacing_tags else None,
                         spacing_between_slices=plan.spacing_between if with_spacing_tags else None,
-                        rescale_slope=1.0 if rescale else None, rescale_intercept=0.0 if rescale else None)
+                        rescale_slope=1.0 if rescale else None, rescale_intercept=0.0 if rescale else None,
+                        window=display_window(img))
 
     labels, coords = annotate_study(study, cfg, is_test)
     return StudyResult(study_id, labels, [(p.series_id, p.description) for p in plans], coords)
 
 
+def display_window(img: np.ndarray) -> tuple[int, int]:
+    """(WindowCenter, WindowWidth) a scanner would store for a slice: the 0.5-99.5 percentile range, whole
+    numbers as real files hold them (code written for them reads ``int(dcm.WindowCenter)``)."""
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    return int(round((lo + hi) / 2)), max(1, int(round(hi - lo)))
+
+
+def empty_cells(rng: np.random.Generator, cfg: SyntheticConfig) -> set[tuple[str, str]]:
+    """The (condition, level) cells of a study left empty in train.csv: spinal and foraminal cells one by one,
+    subarticular ones mostly as both sides of the top levels (a study whose axial series miss them)."""
+    rate = {"spinal": cfg.empty_spinal_rate, "foraminal": cfg.empty_foraminal_rate,
+            "subarticular": cfg.empty_one_side_rate}
+    empty = {(c, lv) for c in schema.CONDITIONS for lv in schema.LEVELS
+             if rng.random() < rate[schema.CONDITION_INFO[c].group]}
+    if rng.random() < cfg.empty_axial_rate:
+        k = int(rng.choice(len(EMPTY_AXIAL_LEVELS_P), p=EMPTY_AXIAL_LEVELS_P)) + 1
+        empty |= {(c, lv) for c in schema.CONDITIONS if schema.CONDITION_INFO[c].group == "subarticular"
+                  for lv in schema.LEVELS[:k]}
+    return empty
+
+
 def annotate_study(study: Study, cfg: SyntheticConfig, is_test: bool) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """train.csv cells and coordinate rows of one study: clean for test studies, noisy for training ones."""
     rng, a = study.label_rng, study.anatomy
-    empty = {}
-    for cond, level in a.severity:
-        info = schema.CONDITION_INFO[cond]
-        upper_sub = info.group == "subarticular" and level in schema.LEVELS[:2]
-        empty[(cond, level)] = rng.random() < cfg.empty_label_rate * (20 if upper_sub else 1)
+    empty = empty_cells(rng, cfg)
     grades = a.severity if is_test else noisy_grades(a.severity, rng, cfg.grade_noise_rate)
-    labels = {schema.label_column(cond, level): "" if empty[(cond, level)] else schema.SEVERITIES[sev]
+    labels = {schema.label_column(cond, level): "" if (cond, level) in empty else schema.SEVERITIES[sev]
               for (cond, level), sev in grades.items()}
     coords: list[dict[str, Any]] = []
     if not is_test and rng.random() >= cfg.no_coords_rate:
@@ -1044,14 +1084,14 @@ def _write_tables(out: Path, train: list[StudyResult], test: list[StudyResult]) 
     coords_df = pd.DataFrame(coords, columns=list(schema.COORD_COLUMNS))
     write_csv(coords_df, out / schema.COORDS_CSV)
     for rows, name in ((train, schema.TRAIN_SERIES_CSV), (test, schema.TEST_SERIES_CSV)):
-        df = pd.DataFrame([(r.study_id, sid, d) for r in rows for sid, d in r.series],
-                          columns=list(schema.SERIES_COLUMNS))
+        df = pd.DataFrame(sorted((r.study_id, sid, d) for r in rows for sid, d in r.series),
+                          columns=list(schema.SERIES_COLUMNS))   # by study, then series_id, as the real files
         write_csv(df, out / name)
-    sample = pd.DataFrame(
-        [(rid, 1 / 3, 1 / 3, 1 / 3) for r in test for rid in schema.study_row_ids(r.study_id)],
+    sample = pd.DataFrame(   # the real file: row ids sorted within each study, values written 0.3333333333333333
+        [(rid, 1 / 3, 1 / 3, 1 / 3) for r in test for rid in sorted(schema.study_row_ids(r.study_id))],
         columns=list(schema.SUBMISSION_COLUMNS),
     )
-    write_csv(sample, out / schema.SAMPLE_SUBMISSION_CSV, float_format="%.6f")
+    write_csv(sample, out / schema.SAMPLE_SUBMISSION_CSV)
     sol = []
     for r in test:
         for col in schema.LABEL_COLUMNS:

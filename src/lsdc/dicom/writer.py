@@ -40,6 +40,7 @@ def write_slice(
     spacing_between_slices: float | None = None,
     rescale_slope: float | None = None,
     rescale_intercept: float | None = None,
+    window: tuple[float, float] | None = None,
     photometric: str = "MONOCHROME2",
     bits_stored: int = 16,
     transfer_syntax: str = ExplicitVRLittleEndian,
@@ -59,6 +60,7 @@ def write_slice(
     given), SeriesDescription (if given), InstanceNumber, ImagePositionPatient,
     ImageOrientationPatient, SliceLocation (IPP along the slice normal), PixelSpacing,
     SliceThickness / SpacingBetweenSlices / RescaleSlope / RescaleIntercept (each only if given),
+    WindowCenter / WindowWidth (``window``: (centre, width), single-valued as in the competition's files),
     SamplesPerPixel (1), PhotometricInterpretation, Rows, Columns, BitsAllocated (16), BitsStored,
     HighBit, PixelRepresentation, PixelData.
 
@@ -113,6 +115,8 @@ def write_slice(
         ds.RescaleIntercept = _ds_value(rescale_intercept)
     if rescale_slope is not None:
         ds.RescaleSlope = _ds_value(rescale_slope)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = (_ds_value(v) for v in window)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = pixels.shape

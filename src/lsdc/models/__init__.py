@@ -4,7 +4,7 @@ factory, size counts."""
 from lsdc.models.attention import AttentionConfig, LssAttentionNet
 from lsdc.models.factory import ATTENTION, ModelConfig, create_model, list_models, register_model
 from lsdc.models.localizer import KeypointNet
-from lsdc.models.profile import count_macs, count_parameters, model_summary
+from lsdc.models.profile import count_macs, count_macs_of, count_parameters, matmul_peak_flops, model_summary
 from lsdc.models.weights import load_pretrained
 
 __all__ = [
@@ -14,10 +14,12 @@ __all__ = [
     "LssAttentionNet",
     "ModelConfig",
     "count_macs",
+    "count_macs_of",
     "count_parameters",
     "create_model",
     "list_models",
     "load_pretrained",
+    "matmul_peak_flops",
     "model_summary",
     "register_model",
 ]

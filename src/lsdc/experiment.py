@@ -72,7 +72,7 @@ class FoldConfig:
 
 # The paper's training recipe, as the recipe keys spell it; outputs trained before these keys existed were
 # trained this way. TrainConfig's defaults differ where the quality bench said so (schedule).
-PAPER_RECIPE: dict[str, str] = {"loss": "crops", "select": "loss", "schedule": "constant"}
+PAPER_RECIPE: dict[str, Any] = {"loss": "crops", "select": "loss", "schedule": "constant", "side_agnostic": False}
 
 
 @dataclass
@@ -107,6 +107,9 @@ class TrainConfig:
     rotate_deg: float = 15.0
     vflip: float = 0.5
     lr_flip: float = 0.0                   # flip axial crops left-right AND swap left/right condition
+    # One classifier for both sides (lsdc.sides): right foramen and recess crops mirrored onto the left, in
+    # training, validation, the OOF and at prediction alike. lr_flip then flips a recess back and forth.
+    side_agnostic: bool = False
     workers: int = 2
     device: str = "auto"                   # auto | cpu | cuda
     amp: bool = True                       # bfloat16 autocast on CUDA
@@ -131,6 +134,9 @@ class TrainConfig:
                 if value != TrainConfig.__dataclass_fields__[key].default:
                     raise ConfigError(f"config key 'train.{key}={value}' scores the competition's three grades; "
                                       "the paper task has two (leave it at its default there)")
+        if self.side_agnostic and self.lr_flip > 0:
+            raise ConfigError("config key 'train.lr_flip' cannot be used with 'train.side_agnostic=true': the "
+                              "mirror already puts every recess on the left (set train.lr_flip=0)")
         if self.warmup_epochs < 0:
             raise ConfigError(f"config key 'train.warmup_epochs' must be >= 0, got {self.warmup_epochs}")
 

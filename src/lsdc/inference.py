@@ -59,6 +59,7 @@ from lsdc.localize import (
 )
 from lsdc.metric import validate_submission
 from lsdc.progress import progress
+from lsdc.sides import mirror_sides
 from lsdc.stamps import file_state, is_current, tree_state, write_stamp
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,10 @@ def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: 
     keys = list(crops)
     if not keys:
         return {}
-    stacked = np.stack([crops[k] for k in keys])
-    cond = torch.tensor([COND_INDEX[c] for c, _ in keys])
+    stacked, cond_np = np.stack([crops[k] for k in keys]), np.array([COND_INDEX[c] for c, _ in keys])
+    if models.cfg.train.side_agnostic:   # as it was trained: right foramina and recesses mirrored onto the left
+        stacked, cond_np = mirror_sides(stacked, cond_np)
+    cond = torch.from_numpy(cond_np)
     out = {}
     for fm in models.folds:
         x = to_input(stacked, fm.mean, fm.std)

@@ -76,6 +76,7 @@ from lsdc.metric import score, solution_from_labels
 from lsdc.models import count_parameters, create_model
 from lsdc.paper import PAPER_CLASSES, paper_summary, paper_targets
 from lsdc.schedule import lr_factor
+from lsdc.sides import mirror_sides
 from lsdc.stamps import file_state, is_current, is_stale, stamp_path, write_stamp
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,14 @@ class CropBatches:
     ``by_study``: a shuffled order keeps each study's crops together (studies in random order, its crops
     shuffled among themselves), so a batch holds whole studies, as the metric-shaped loss wants them (in a
     distributed run each process still takes every world-th crop: it sees parts of its batch's studies).
-    Batches are (crops, conditions, targets, study ids).
+    Batches are (crops, conditions, targets, study ids); with ``mirror`` (``train.side_agnostic``) every right
+    foramen or recess crop comes mirrored onto the left with the left condition (:func:`lsdc.sides.mirror_sides`).
     """
 
     def __init__(self, table: pd.DataFrame, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool,
-                 seed: int = 0, shard: tuple[int, int] = (0, 1), by_study: bool = False) -> None:
+                 seed: int = 0, shard: tuple[int, int] = (0, 1), by_study: bool = False, mirror: bool = False) -> None:
         self.arrays, self.batch_size, self.shuffle, self.seed, self.shard = arrays, batch_size, shuffle, seed, shard
-        self.by_study = by_study
+        self.by_study, self.mirror = by_study, mirror
         self.study = table.study_id.to_numpy()
         self.source = table.source.to_numpy()
         self.row = table.row.to_numpy()
@@ -178,7 +180,10 @@ class CropBatches:
         order = order[self.shard[0]::world][:self._per_process()]
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            yield self.gather(idx), self.cond[idx], self.target[idx], self.study[idx]
+            crops, cond = self.gather(idx), self.cond[idx]
+            if self.mirror:
+                crops, cond = mirror_sides(crops, cond)
+            yield crops, cond, self.target[idx], self.study[idx]
 
 
 def channel_stats(batches: CropBatches, max_items: int = 512, seed: int = 0) -> tuple[list, list]:
@@ -423,9 +428,9 @@ def train_fold(cfg: ExperimentConfig, table: pd.DataFrame, arrays: dict[str, np.
                         "held-out crops; need all three (fewer studies or train.val_share=0)")
     per_process = max(1, tcfg.batch_size // d.world)   # the global batch stays train.batch_size
     train_b = CropBatches(train_t, arrays, per_process, True, seed=tcfg.seed + fold, shard=(d.rank, d.world),
-                          by_study=tcfg.loss == "metric")
-    val_b = CropBatches(val_t, arrays, tcfg.batch_size * 2, False)
-    fold_b = CropBatches(fold_t, arrays, tcfg.batch_size * 2, False) if chooser else val_b
+                          by_study=tcfg.loss == "metric", mirror=tcfg.side_agnostic)
+    val_b = CropBatches(val_t, arrays, tcfg.batch_size * 2, False, mirror=tcfg.side_agnostic)
+    fold_b = CropBatches(fold_t, arrays, tcfg.batch_size * 2, False, mirror=tcfg.side_agnostic) if chooser else val_b
     mean, std = channel_stats(train_b, seed=tcfg.seed)
     mean_t, std_t = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     model = create_model(cfg.network_config()).to(device)

@@ -19,6 +19,7 @@ from lsdc.explain import CaseMaps, explain
 from lsdc.folds import folds_csv, load_folds
 from lsdc.paper import THRESHOLD
 from lsdc.report.experiments import PaperExperiment, conditions_of
+from lsdc.sides import mirror_sides
 
 
 def select_cases(exp: PaperExperiment, index: pd.DataFrame, per_cell: int = 1) -> pd.DataFrame:
@@ -80,8 +81,11 @@ def explain_cases(exp: PaperExperiment, output_dir: Path, cases: pd.DataFrame) -
                             f"{output_dir / folds_csv(exp.cfg.folds.n_folds)}")
         fold = int(folds[r["study_id"]])
         model, meta = cache.get(fold)
-        crop = load_crop(crops_dir / r["path"], exp.cfg.crops.n_slices)
+        crop, cond = load_crop(crops_dir / r["path"], exp.cfg.crops.n_slices), COND_INDEX[r["condition"]]
+        if exp.cfg.train.side_agnostic:   # explained as the model saw it: a right side mirrored onto the left
+            mirrored, conds = mirror_sides(crop[None], np.array([cond]))
+            crop, cond = mirrored[0], int(conds[0])
         x = to_input(crop[None], np.asarray(meta["mean"]), np.asarray(meta["std"]))
-        maps = explain(model, x, COND_INDEX[r["condition"]], len(meta["classes"]))
+        maps = explain(model, x, cond, len(meta["classes"]))
         results.append(CaseResult({**r, "fold": fold, "severe_recomputed": float(maps.probs[-1])}, maps, crop))
     return results

@@ -19,7 +19,7 @@ import lsdc.localized_oof
 import lsdc.train
 from lsdc import config as config_mod
 from lsdc import metric, schema
-from lsdc.ensemble import FOLD_AVERAGES, blend_folds
+from lsdc.ensemble import FOLD_AVERAGES, SPEC_JSON, blend_folds, load_ensemble
 from lsdc.errors import DataError
 from lsdc.experiment import fill_with_prior, load_prior
 from lsdc.inference import FOLD_PREDICTIONS_CSV, PRIOR, REPORT_CSV, PredictConfig, predict_submission, read_report
@@ -128,7 +128,10 @@ def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, 
     assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
     assert calls["lsdc.ensemble.step.fit_ensemble"] == 2                # annotated and localised fits redone
     assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0
-    assert (root / "submission.csv").read_bytes() != first_run["submission"]
+    spec = load_ensemble(out / SPEC_JSON)
+    assert set(spec.experiments) == {"attention_tiny", "attention_tiny48"}   # the new model was a candidate
+    changed = (root / "submission.csv").read_bytes() != first_run["submission"]
+    assert changed == ("attention_tiny48" in spec.models)   # the submission changed exactly when it shipped it
 
 
 def test_predict_finds_what_the_pipeline_made(first_run, tmp_path):

@@ -13,6 +13,10 @@
 #     bash benchmarks/gpu_check.sh quality      # bench_quality.py --config configs/bench_quality_224.yaml,
 #                                               # under 9.5 minutes; writes benchmarks/QUALITY_224.md
 # A quality run stopped at its limit resumes where it stopped when run again on the same outputs.
+# The paper's comparison at the paper's size and crop size (1,632 studies, 224 px; the CPU runs it at 64 px):
+#     bash benchmarks/gpu_check.sh paper        # run_paper_comparison.py --config configs/paper_cpu.yaml at
+#                                               # 224 px; copies outputs/paper224/report/report.md to $OUT
+# It too resumes (finished variants are kept) when a lease ends before it does.
 #
 # On a machine without internet whose Python lacks pydicom, dicomsdl or albumentations (the lent GPU
 # machines here have torch, timm, opencv, pandas, scikit-learn, matplotlib): first, where pip can reach
@@ -88,6 +92,14 @@ if [ "${1:-}" = quality ]; then
        --data-dir input/bench_quality_224 --output-dir outputs/bench_quality_224 \
        --write --out benchmarks/QUALITY_224.md
   [ -n "${OUT:-}" ] && [ -f benchmarks/QUALITY_224.md ] && cp benchmarks/QUALITY_224.md "$OUT/QUALITY_224.md"
+  echo "== done $(date -u +%H:%M:%S)"
+  exit 0
+fi
+if [ "${1:-}" = paper ]; then
+  step 570 scripts/run_paper_comparison.py --config configs/paper_cpu.yaml --train-studies 1632 \
+       --set crops.size=224 --set crops.workers=16 --set tag=paper224 \
+       --data-dir input/paper --output-dir outputs/paper224
+  [ -n "${OUT:-}" ] && [ -f outputs/paper224/report/report.md ] && cp outputs/paper224/report/report.md "$OUT/paper224_report.md"
   echo "== done $(date -u +%H:%M:%S)"
   exit 0
 fi

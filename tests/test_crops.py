@@ -196,3 +196,18 @@ def test_an_image_folder_copied_or_mounted_again_is_the_same_input(tmp_path):
     (copy / "1" / "2" / "2.dcm").write_bytes(bytes(102))
     (copy / "1" / "2" / "3.dcm").write_bytes(bytes(1))
     assert tree_state(copy) != tree_state(src)
+
+
+def test_a_shrunk_patch_is_low_pass_filtered_not_aliased():
+    """A 1-pixel checkerboard shrunk 4x: averaged to its mean grey (bilinear sampling alone would pick
+    single pixels and keep the full contrast); a patch that is enlarged is sampled as before, and a point
+    off the image still gives zeros."""
+    from lsdc.crops import resample_patch
+
+    board = (np.indices((400, 400)).sum(0) % 2 * 200).astype(np.float32)
+    shrunk = resample_patch(board, 200.0, 200.0, 96 * 4 * 0.5, (0.5, 0.5), 96)   # 4 input pixels per output
+    assert abs(float(shrunk.mean()) - 100) < 2 and float(shrunk.std()) < 10
+    ramp = np.tile(np.arange(400, dtype=np.float32), (400, 1))
+    enlarged = resample_patch(ramp, 200.0, 150.0, 32 * 0.25, (0.5, 0.5), 32)     # half an input pixel per output
+    np.testing.assert_allclose(enlarged[0], 200 + (np.arange(32) - 15.5) * 0.5, atol=1e-3)
+    assert not resample_patch(board, 900.0, 900.0, 200.0, (0.5, 0.5), 50).any()

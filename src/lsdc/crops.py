@@ -42,7 +42,7 @@ SETTINGS_JSON = "settings.json"
 INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instance_number", "x", "y", "path")
 
 
-CROP_VERSION = 2    # 2: the intensity window depends on the series alone
+CROP_VERSION = 3    # 2: the intensity window depends on the series alone; 3: shrunk patches low-pass filtered
 WINDOW_SLICES = 5   # slices per series the intensity window is computed from
 PIXEL_SETTINGS = ("size", "n_slices", "spinal_mm", "foraminal_mm", "subarticular_mm", "low_pct", "high_pct")
 
@@ -121,13 +121,26 @@ def resample_patch(image: np.ndarray, x: float, y: float, size_mm: float, spacin
                    out: int) -> np.ndarray:
     """A square of ``size_mm`` centred on pixel (x, y), resampled bilinearly to ``out`` x ``out``.
 
-    Outside the image is 0. ``spacing`` is (row, column) mm per pixel of ``image``.
+    Outside the image is 0. ``spacing`` is (row, column) mm per pixel of ``image``. Where the square is
+    shrunk (more than one input pixel per output pixel, e.g. the localiser's 180 mm region at 96 px from real
+    0.5 mm pixels) the region is first low-pass filtered (Gaussian, sigma (factor - 1) / 2 per axis, as
+    scikit-image's anti-aliasing): bilinear sampling alone would alias the noise of fine pixels.
     """
     sx = size_mm / out / spacing[1]  # input pixels per output pixel, along x
     sy = size_mm / out / spacing[0]
     c = (out - 1) / 2
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if max(sx, sy) > 1:
+        sigma_x, sigma_y = max(0.0, (sx - 1) / 2), max(0.0, (sy - 1) / 2)
+        rx, ry = (c + 1) * sx + 3 * sigma_x + 2, (c + 1) * sy + 3 * sigma_y + 2   # what the square reads
+        x0, x1 = max(0, int(np.floor(x - rx))), min(image.shape[1], int(np.ceil(x + rx)) + 1)
+        y0, y1 = max(0, int(np.floor(y - ry))), min(image.shape[0], int(np.ceil(y + ry)) + 1)
+        if x0 < x1 and y0 < y1:
+            image = cv2.GaussianBlur(image[y0:y1, x0:x1], (0, 0), sigmaX=max(sigma_x, 1e-3),
+                                     sigmaY=max(sigma_y, 1e-3), borderType=cv2.BORDER_REFLECT)
+            x, y = x - x0, y - y0
     m = np.array([[sx, 0, x - c * sx], [0, sy, y - c * sy]], dtype=np.float64)
-    return cv2.warpAffine(np.ascontiguousarray(image, dtype=np.float32), m, (out, out),
+    return cv2.warpAffine(image, m, (out, out),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 

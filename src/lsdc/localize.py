@@ -752,7 +752,7 @@ def localizer_metrics(oof: pd.DataFrame) -> dict[str, Any]:
 
 def localizer_inputs(exp: LocalizerExperiment, data_dir: Path, output_dir: Path) -> dict[str, Any]:
     """What a trained localiser is made from: its settings, the folds, the coordinates and the images."""
-    return {"version": 2, "config": config_mod.to_dict(exp),
+    return {"version": 3, "config": config_mod.to_dict(exp),   # 3: shrunk regions low-pass filtered
             "folds": file_state(output_dir / folds_csv(exp.folds.n_folds)),
             "coordinates": file_state(data_dir / schema.COORDS_CSV),
             "series": file_state(data_dir / schema.TRAIN_SERIES_CSV),

@@ -38,6 +38,7 @@ from lsdc.inference import (
     crops_per_model,
     localizer_folder,
     trained_experiments,
+    untrained_folds,
     untrained_message,
 )
 from lsdc.io import read_csv_checked, write_csv
@@ -64,12 +65,12 @@ def finished_experiments(weights_dir: Path) -> list[str]:
     out = []
     for name in trained_experiments(weights_dir):
         folder = weights_dir / name
-        n_folds = load_experiment_config(folder).folds.n_folds
-        if (folder / OOF_CSV).is_file() and all((folder / f"fold{f}" / BEST_PT).is_file() for f in range(n_folds)):
+        cfg = load_experiment_config(folder)
+        if (folder / OOF_CSV).is_file() and not untrained_folds(cfg, folder, every_fold=True):
             out.append(name)
         else:
             log.warning("experiment %s is left out of the localised OOF: not all of its %d folds are trained",
-                        name, n_folds)
+                        name, cfg.folds.n_folds)
     return out
 
 

@@ -92,7 +92,7 @@ def test_planted_faults_are_counted_with_what_the_pipeline_does(synthetic_dir, t
     assert f[f"train: studies without {schema.SAG_T1}"].count == 1
     for what in ("empty spinal cells", "labelled foraminal cells without a coordinate"):
         assert _number(f[what]) == _number(before[what]) + 1 and f[what].action == SKIP, what
-    assert f["coordinates whose instance has no readable file"].count >= 1   # the corrupt file's points, if any
+    assert f["coordinates whose instance has no readable file"].count >= 1   # the removed Axial T2 series' points
 
     (data / schema.COORDS_CSV).unlink()
     missing = _by_what(check_data(data, tmp_path / "check2", workers=1, show_progress=False))

@@ -235,6 +235,8 @@ def test_bench_quality_smoke(tmp_path, synthetic_dir):
     assert re.search(rf"OOF score judged on rows it was not fitted on: {NUM}", text)
     assert re.search(r"\| attention_bench_tiny_select \| attention_bench_tiny \| [^|]*select=score[^|]*\| "
                      rf"{NUM} -> {NUM}", text), "the recipe switch's row"
+    for pool in ("today's recipe", "new recipes", "all models"):   # the ensemble each recipe's models make
+        assert re.search(rf"^\| {pool} \| [^|]+ \| {NUM} \[{NUM}, {NUM}\] \| [-+]{NUM} \[", text, re.M), pool
     assert re.search(rf"Half-width of the paired interval .*: median {NUM}, largest {NUM} at annotated points", text)
     assert (tmp_path / "outputs" / "submission.csv").is_file()
     assert sorted(p.relative_to(synthetic_dir) for p in synthetic_dir.rglob("*")) == shared, \

@@ -14,7 +14,7 @@ import pytest
 import lsdc.crops
 import lsdc.ensemble.step
 import lsdc.inference
-import lsdc.localize
+import lsdc.localize.train
 import lsdc.localized_oof
 import lsdc.train
 from lsdc import config as config_mod
@@ -43,7 +43,7 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, forbid: bool = False) -> None:
         self.counts: dict[str, int] = {}
         self.experiments: list[str] = []
-        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize, "fit_view"),
+        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize.train, "fit_view"),
                              (lsdc.ensemble.step, "fit_ensemble"), (lsdc.inference, "classify"),
                              (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
             monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
@@ -94,7 +94,7 @@ def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, 
     out.mkdir()
     shutil.copy2(first_run["out"] / "folds_2.csv", out)
     exp = config_mod.load(LocalizerExperiment, first_run["root"] / "loc.yaml")
-    real_evaluate, seen = lsdc.localize.evaluate, []
+    real_evaluate, seen = lsdc.localize.train.evaluate, []
 
     def crash_in_second_fold(*args, **kwargs):
         seen.append(1)
@@ -102,15 +102,15 @@ def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, 
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(lsdc.localize, "evaluate", crash_in_second_fold)
+    monkeypatch.setattr(lsdc.localize.train, "evaluate", crash_in_second_fold)
     with pytest.raises(KeyboardInterrupt):
         train_localizer(exp, first_run["data"], out)
     folder = out / exp.name
     assert (folder / "fold0" / LOCALIZER_PT).is_file() and not (folder / LOCALIZER_PT).exists()
-    monkeypatch.setattr(lsdc.localize, "evaluate", real_evaluate)
+    monkeypatch.setattr(lsdc.localize.train, "evaluate", real_evaluate)
     calls = Calls(monkeypatch)
     metrics = train_localizer(exp, first_run["data"], out)
-    assert calls["lsdc.localize.fit_view"] == len(VIEWS)       # fold 1 only (every view); fold 0 was kept
+    assert calls["lsdc.localize.train.fit_view"] == len(VIEWS)       # fold 1 only (every view); fold 0 was kept
     assert (folder / LOCALIZER_PT).is_file()
     # The resumed localiser is the one an uninterrupted run trained (the pipeline's, same folds and data).
     pd.testing.assert_frame_equal(pd.read_csv(folder / OOF_POINTS_CSV),
@@ -124,7 +124,7 @@ def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, 
     calls = Calls(monkeypatch)
     run_pipeline(_pipeline(root, [StepRef("tiny.yaml"), StepRef("tiny48.yaml")]), first_run["data"], out, root)
     assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained
-    assert calls["lsdc.localize.fit_view"] == 0                    # nor the localiser
+    assert calls["lsdc.localize.train.fit_view"] == 0                    # nor the localiser
     assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
     assert calls["lsdc.ensemble.step.fit_ensemble"] == 2                # annotated and localised fits redone
     assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0

@@ -46,7 +46,6 @@ from lsdc.crops import INDEX_CSV, CropConfig, load_array, load_crop, prepare
 from lsdc.experiment import (
     COND_INDEX,
     N_CONDITIONS,
-    TrainConfig,
     autocast,
     resolve_device,
     select_logits,
@@ -57,6 +56,7 @@ from lsdc.losses import weighted_ce
 from lsdc.models import ModelConfig, create_model
 from lsdc.synthetic import SyntheticConfig, generate
 from lsdc.train import CropBatches, device_batches, prefetch
+from lsdc.train.config import TrainConfig
 
 TARGET = 5.0      # host-side data path vs the PNG loader, CPU
 GPU_TARGET = 1.10  # fed step / step on device tensors

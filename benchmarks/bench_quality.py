@@ -42,7 +42,6 @@ from lsdc.experiment import (
     FOLD_SELECTED_OOF_CSV,
     LOCALIZED_OOF_CSV,
     OOF_CSV,
-    PAPER_RECIPE,
     fill_with_prior,
     load_experiment_config,
     load_prior,
@@ -53,6 +52,7 @@ from lsdc.inference import FOLD_PREDICTIONS_CSV
 from lsdc.labeled_test import fold_frames_of, labeled_test_markdown
 from lsdc.localized_oof import SCORES_CSV, cost_markdown
 from lsdc.pipeline import PipelineConfig, run_pipeline
+from lsdc.train.config import PAPER_RECIPE
 
 QUALITY = Path(__file__).resolve().parent / "QUALITY.md"
 RUNS_JSON = "bench_runs.json"   # every run on an output folder: when, how long, each step (kept steps take ~0 s)

@@ -92,7 +92,7 @@ def build(name: str, s: Setup, seed: int = 0) -> Bench:
 
 
 def step(b: Bench, s: Setup) -> None:
-    """One training step, as in ``lsdc.train.train_fold``."""
+    """One training step, as in ``lsdc.train.fold.train_epoch``."""
     with autocast(s.device, s.amp):
         logits = b.model(b.x)
     loss = weighted_ce(select_logits(logits.float(), b.cond, K), b.y, b.weights)

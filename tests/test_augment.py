@@ -11,7 +11,8 @@ import torch
 
 from lsdc import schema
 from lsdc.augment import BatchAugment, draw, lr_flip_condition, warp_cv2, warp_torch
-from lsdc.experiment import COND_INDEX, TrainConfig
+from lsdc.experiment import COND_INDEX
+from lsdc.train.config import TrainConfig
 
 CPU = torch.device("cpu")
 STILL = TrainConfig(augment=True, scale=(1.0, 1.0), translate_px=0, rotate_deg=0.0, vflip=0.0, lr_flip=0.0)

@@ -16,7 +16,7 @@ import lsdc.ensemble.step
 import lsdc.inference
 import lsdc.localize.train
 import lsdc.localized_oof
-import lsdc.train
+import lsdc.train.run
 from lsdc import config as config_mod
 from lsdc import metric, schema
 from lsdc.ensemble import FOLD_AVERAGES, SPEC_JSON, blend_folds, load_ensemble
@@ -43,7 +43,7 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, forbid: bool = False) -> None:
         self.counts: dict[str, int] = {}
         self.experiments: list[str] = []
-        for module, name in ((lsdc.train, "train_fold"), (lsdc.localize.train, "fit_view"),
+        for module, name in ((lsdc.train.run, "train_fold"), (lsdc.localize.train, "fit_view"),
                              (lsdc.ensemble.step, "fit_ensemble"), (lsdc.inference, "classify"),
                              (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
             monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
@@ -53,7 +53,7 @@ class Calls:
             if forbid:
                 raise AssertionError(f"{key} called on a rerun with nothing changed")
             self.counts[key] = self.counts.get(key, 0) + 1
-            if key == "lsdc.train.train_fold":
+            if key == "lsdc.train.run.train_fold":
                 self.experiments.append(args[0].experiment)
             return fn(*args, **kwargs)
         return wrapped

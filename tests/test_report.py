@@ -31,7 +31,6 @@ from lsdc.experiment import (
     N_CONDITIONS,
     ExperimentConfig,
     FoldConfig,
-    TrainConfig,
     load_checkpoint,
     save_checkpoint,
     to_input,
@@ -43,6 +42,7 @@ from lsdc.report import SYNTHETIC_DISCLAIMER, build_report, markdown_table
 from lsdc.report import figures as fig
 from lsdc.report.tables import ALL
 from lsdc.synthetic import MARKER
+from lsdc.train.config import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 SIZE = 64

@@ -12,11 +12,12 @@ from lsdc import schema
 from lsdc.data import load_coordinates
 from lsdc.dicom import load_series
 from lsdc.errors import ConfigError
-from lsdc.experiment import COND_INDEX, ExperimentConfig, ExperimentModels, FoldModel, TrainConfig
+from lsdc.experiment import COND_INDEX, ExperimentConfig, ExperimentModels, FoldModel
 from lsdc.inference import classify
 from lsdc.models import ModelConfig, create_model
 from lsdc.sides import TO_LEFT, mirror_sides
 from lsdc.train import CropBatches, predict_batches
+from lsdc.train.config import TrainConfig
 
 
 def _cond(group: str, side: str | None = None) -> int:

@@ -18,13 +18,15 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 import lsdc.train as train_mod
+import lsdc.train.fold as fold_mod  # where train_fold looks up predict_batches and summary_writer
 from lsdc import config, schema
 from lsdc.errors import ConfigError, DataError
-from lsdc.experiment import PAPER_RECIPE, ExperimentConfig, load_checkpoint, prior_probabilities, select_logits
+from lsdc.experiment import ExperimentConfig, load_checkpoint, prior_probabilities, select_logits
 from lsdc.losses import weighted_ce
 from lsdc.paper import paper_summary
 from lsdc.stamps import stamp_path
 from lsdc.train import train_experiment
+from lsdc.train.config import PAPER_RECIPE
 
 ROOT = Path(__file__).parents[1]
 
@@ -121,7 +123,7 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
     cfg = dataclasses.replace(smoke_run["cfg"], tag="resume")
     cfg.train = dataclasses.replace(cfg.train, epochs=3, patience=10, max_steps_per_epoch=2)
     cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
-    real_predict, calls = train_mod.predict_batches, {"n": 0}
+    real_predict, calls = fold_mod.predict_batches, {"n": 0}
 
     def crash_on_second_epoch(*args, **kwargs):     # two predictions per epoch: validation studies, held-out fold
         calls["n"] += 1
@@ -129,12 +131,12 @@ def test_interrupted_fold_resumes(smoke_run, monkeypatch):
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "predict_batches", crash_on_second_epoch)
+    monkeypatch.setattr(fold_mod, "predict_batches", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     fold_dir = smoke_run["out"] / cfg.experiment / "fold0"
     assert (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "predict_batches", real_predict)
+    monkeypatch.setattr(fold_mod, "predict_batches", real_predict)
     train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     epochs = pd.read_csv(fold_dir / "epochs.csv")
     assert epochs.epoch.tolist() == [1, 2, 3]          # resumed after epoch 1, not restarted
@@ -157,7 +159,7 @@ def test_an_interrupted_fold_from_other_inputs_starts_again(smoke_run, monkeypat
     cfg = dataclasses.replace(smoke_run["cfg"], tag="restart")
     cfg.train = dataclasses.replace(cfg.train, epochs=2, patience=10, max_steps_per_epoch=1)
     cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])
-    real_predict, calls = train_mod.predict_batches, {"n": 0}
+    real_predict, calls = fold_mod.predict_batches, {"n": 0}
 
     def crash(*args, **kwargs):                     # in the second epoch, after the first's last.pt
         calls["n"] += 1
@@ -165,13 +167,13 @@ def test_an_interrupted_fold_from_other_inputs_starts_again(smoke_run, monkeypat
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "predict_batches", crash)
+    monkeypatch.setattr(fold_mod, "predict_batches", crash)
     with pytest.raises(KeyboardInterrupt):
         train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     last = smoke_run["out"] / cfg.experiment / "fold0" / "last.pt"
     assert last.is_file()
     stamp_path(last).unlink()          # a last.pt whose inputs nobody recorded (older code, another run)
-    monkeypatch.setattr(train_mod, "predict_batches", real_predict)
+    monkeypatch.setattr(fold_mod, "predict_batches", real_predict)
     with caplog.at_level(logging.INFO, logger="lsdc.train"):
         train_experiment(cfg, smoke_run["data"], smoke_run["out"])
     assert "training it again" in caplog.text
@@ -297,7 +299,7 @@ def test_epochs_log_the_official_score_and_tensorboard_when_asked(smoke_run, mon
         def close(self):
             scalars.append(("closed", 0, 0))
 
-    monkeypatch.setattr(train_mod, "summary_writer", lambda folder: Board())
+    monkeypatch.setattr(fold_mod, "summary_writer", lambda folder: Board())
     cfg = dataclasses.replace(smoke_run["cfg"], tag="board")
     cfg.train = dataclasses.replace(cfg.train, epochs=2, max_steps_per_epoch=2)
     cfg.folds = dataclasses.replace(cfg.folds, train_folds=[0])

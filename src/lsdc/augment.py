@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from lsdc import schema
-from lsdc.experiment import COND_INDEX, TrainConfig
+from lsdc.experiment import COND_INDEX
+from lsdc.train.config import TrainConfig
 
 _SUBARTICULAR = np.array([schema.CONDITION_INFO[c].group == "subarticular" for c in schema.CONDITIONS])
 # Condition index after a left-right flip: left <-> right subarticular, the others unchanged.

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lsdc import config as config_mod
 from lsdc import schema
 from lsdc.crops import (
     ERRORS_CSV,
@@ -27,6 +28,8 @@ from lsdc.crops import (
     training_requests,
 )
 from lsdc.dicom import load_series, write_slice
+from lsdc.errors import ConfigError
+from lsdc.experiment import ExperimentConfig
 from lsdc.geometry import SliceGeometry, patient_to_pixel
 from lsdc.stamps import stamp_path, tree_state
 
@@ -145,11 +148,31 @@ def test_changing_a_crop_setting_cuts_new_crops(synthetic_dir, tmp_path):
     rel = spinal[spinal.condition == schema.CONDITIONS[0]].path.iloc[0]
     old = load_crop(first / rel, 1)
     assert prepare(synthetic_dir, tmp_path, dataclasses.replace(base, workers=2), show_progress=False) == first
-    for change in ({"spinal_mm": 24.0}, {"low_pct": 5.0}):
+    for change in ({"size_mm": {**base.size_mm, "spinal": 24.0}}, {"low_pct": 5.0}):
         folder = prepare(synthetic_dir, tmp_path, dataclasses.replace(base, **change), show_progress=False)
         assert folder != first and folder.name.startswith("crops_32px_1sl_")
         assert not np.array_equal(load_crop(folder / rel, 1), old), change
         assert json.loads((folder / SETTINGS_JSON).read_text()) == dataclasses.replace(base, **change).pixel_settings()
+
+
+def test_crop_sides_are_one_mapping_read_from_old_configs_too(tmp_path):
+    """One group's side changes alone (the file or --set states only it); a config saved with the old
+    per-group keys reads as the mapping and keeps its crop folder name; a missing or unknown group is an
+    error naming the key."""
+    cfg = config_mod.load(ExperimentConfig, None, ["crops.size_mm.foraminal=30"]).crops
+    assert cfg.size_mm == {"spinal": 48.0, "foraminal": 30.0, "subarticular": 44.0}
+    assert cfg.mm(schema.condition_for("foraminal", "left")) == 30.0
+    old = tmp_path / "old.yaml"
+    old.write_text("crops: {size: 32, spinal_mm: 24.0, foraminal_mm: 40.0, subarticular_mm: 44.0}\n")
+    read = config_mod.load(ExperimentConfig, old).crops
+    assert read.size_mm == {"spinal": 24.0, "foraminal": 40.0, "subarticular": 44.0}
+    # The folder name the code before the mapping gave CropConfig(size=32, spinal_mm=24.0): crops kept.
+    assert read.dirname == "crops_32px_3sl_ab6c409a"
+    assert read.pixel_settings()["spinal_mm"] == 24.0
+    with pytest.raises(ConfigError, match="crops.size_mm.*spinal, foraminal, subarticular"):
+        CropConfig(size_mm={"spinal": 40.0}).check()
+    with pytest.raises(ConfigError, match="crops.size_mm"):
+        CropConfig(size_mm={"spinal": 40.0, "foraminal": 40.0, "subarticular": 40.0, "sacral": 1.0}).check()
 
 
 def test_a_cells_crop_does_not_depend_on_the_other_cells_cut(synthetic_dir):

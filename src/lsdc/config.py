@@ -88,8 +88,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {tp}")
 
 
+def upgrade(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with keys an older version of ``cls`` wrote read as today's: a config class that renamed or
+    regrouped keys says how in a static ``legacy_keys(data) -> data`` (saved configs keep loading)."""
+    hook = getattr(cls, "legacy_keys", None)
+    return hook(dict(data)) if hook is not None else data
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested mapping, refusing unknown keys."""
+    data = upgrade(cls, data)
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -164,13 +172,15 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
 def _merge(base: dict[str, Any], new: dict[str, Any], cls: Any, prefix: str = "") -> dict[str, Any]:
     hints = get_type_hints(cls)
     out = dict(base)
-    for key, value in new.items():
+    for key, value in upgrade(cls, new).items():
         if key not in hints:
             names = ", ".join(sorted(hints))
             raise ConfigError(f"unknown config key '{prefix}{key}' (known keys: {names})")
         sub = hints[key]
         if dataclasses.is_dataclass(sub) and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, sub, f"{prefix}{key}.")
+        elif get_origin(sub) is dict and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}   # a mapping field: the file states only the entries it changes
         else:
             out[key] = value
     return out

@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ INDEX_COLUMNS = ("study_id", "condition", "level", "label", "series_id", "instan
 
 CROP_VERSION = 3    # 2: the intensity window depends on the series alone; 3: shrunk patches low-pass filtered
 WINDOW_SLICES = 5   # slices per series the intensity window is computed from
-PIXEL_SETTINGS = ("size", "n_slices", "spinal_mm", "foraminal_mm", "subarticular_mm", "low_pct", "high_pct")
+PIXEL_SETTINGS = ("size", "n_slices", "low_pct", "high_pct")   # with each group's side in mm
+DEFAULT_SIZE_MM = {"spinal": 48.0, "foraminal": 40.0, "subarticular": 44.0}
 
 
 @dataclass
@@ -53,21 +54,30 @@ class CropConfig:
 
     size: int = 224                  # output side in pixels (bilinear resampling)
     n_slices: int = 3                # channels: the slice and its neighbours (1, 3 or 5)
-    spinal_mm: float = 48.0          # physical side of the crop per condition group
-    foraminal_mm: float = 40.0
-    subarticular_mm: float = 44.0
+    # Physical side of the crop per condition group (`--set crops.size_mm.spinal=40` changes one).
+    size_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SIZE_MM))
     low_pct: float = 1.0             # robust intensity window per series
     high_pct: float = 99.5
     workers: int = 2
     contact_per_cell: int = 4        # crops per condition x severity on the contact sheet
 
+    @staticmethod
+    def legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before ``size_mm`` held one key per group (``spinal_mm: 48.0``): read them as it."""
+        old = {g: data.pop(f"{g}_mm") for g in schema.GROUPS if f"{g}_mm" in data}
+        if old:
+            data["size_mm"] = {**DEFAULT_SIZE_MM, **data.get("size_mm", {}), **old}
+        return data
+
     def mm(self, condition: str) -> float:
-        return float(getattr(self, f"{schema.CONDITION_INFO[condition].group}_mm"))
+        return float(self.size_mm[schema.CONDITION_INFO[condition].group])
 
     def pixel_settings(self) -> dict[str, float]:
         """Every setting that changes a crop's pixels (not the worker count or the contact sheet), and the
         version of the crop code, so that crops cut by older code are never reused."""
-        return {"version": CROP_VERSION, **{k: getattr(self, k) for k in PIXEL_SETTINGS}}
+        # Each group's side keeps the key it had as a field of its own, so crop folders cut before keep their name.
+        return {"version": CROP_VERSION, **{k: getattr(self, k) for k in PIXEL_SETTINGS},
+                **{f"{g}_mm": float(self.size_mm[g]) for g in schema.GROUPS}}
 
     @property
     def dirname(self) -> str:
@@ -78,6 +88,11 @@ class CropConfig:
         return f"crops_{self.size}px_{self.n_slices}sl_{digest}"
 
     def check(self) -> None:
+        if sorted(self.size_mm) != sorted(schema.GROUPS):
+            raise ConfigError(f"config key 'crops.size_mm' must give a side for each of {', '.join(schema.GROUPS)}, "
+                              f"got {', '.join(self.size_mm) or 'none'}")
+        if any(v <= 0 for v in self.size_mm.values()):
+            raise ConfigError(f"config key 'crops.size_mm': every side must be positive, got {self.size_mm}")
         if self.n_slices not in (1, 3, 5):
             raise ConfigError(f"config key 'crops.n_slices' must be 1, 3 or 5, got {self.n_slices}")
         if self.size < 16:

@@ -334,8 +334,9 @@ def test_optional_tags_and_instance_fallback(tmp_path: Path) -> None:
 
 
 def test_header_read_does_not_read_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 2048 x 2048 slice of random pixels (8 MiB): the header read (dicomsdl, then 12 bytes at the pixel
-    data element) reads a few kilobytes of it, and calls neither pydicom nor a decoder nor np.fromfile."""
+    """A 2048 x 2048 slice of random pixels (8 MiB): the header read (dicomsdl, then a kilobyte from the last
+    element it read, for the pixel data element's header) reads a few kilobytes of it, and calls neither
+    pydicom.dcmread nor a decoder nor np.fromfile."""
     if not Path("/proc/self/io").exists():
         pytest.skip("needs Linux /proc/self/io to count the bytes read")
     pixels = np.random.default_rng(0).integers(0, 65536, size=(2048, 2048)).astype(np.uint16)
@@ -459,6 +460,35 @@ def test_dicomsdl_path_skips_sequences_and_long_headers(tmp_path: Path) -> None:
     assert_same_as_pydicom(path)
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_dicomsdl_path_finds_pixels_past_its_first_read(tmp_path: Path, syntax: str) -> None:
+    """A private element after the last value read, long enough that the pixel data element's header lies
+    across, or just past, the end of the first bytes read after it (reader._AHEAD): same header and pixels."""
+    for length in range(reader._AHEAD - 26, reader._AHEAD + 2, 2):
+        path = write_slice(tmp_path / f"{length}.dcm", ramp(12, 10), geom((0, 0, 0)), 9, transfer_syntax=syntax)
+        assert_same_as_pydicom(with_element(path, 0x00291010, "OB", b"\x01" * length))
+
+
+def test_pixel_element_read_as_pydicom_reads_it() -> None:
+    """SC_rgb_jpeg.dcm (explicit VR) has its pixel data element encoded with implicit VR: the header check
+    reads it as pydicom does (compressed data, well formed), so the error is the missing geometry, not a
+    truncation; the pixels decode."""
+    path = bundled("SC_rgb_jpeg.dcm")
+    with pytest.raises(DataError, match="ImagePositionPatient"):
+        read_header(path)
+    assert read_pixels(path).shape == (256, 256)
+
+
+def test_malformed_fragments_rejected_by_header(tmp_path: Path) -> None:
+    """RLE data whose last fragment item has a wrong tag: read_header names the file."""
+    path = write_slice(tmp_path / "7.dcm", ramp(12, 10), geom((0, 0, 0)), 7, transfer_syntax=RLELossless)
+    data = path.read_bytes()
+    i = data.rindex(b"\xfe\xff\x00\xe0")  # the last item tag
+    path.write_bytes(data[:i] + b"\xfe\xff\x0d\xe0" + data[i + 4:])
+    with pytest.raises(DataError, match=r"7\.dcm.*malformed compressed pixel data"):
+        read_header(path)
+
+
 def test_sweep_every_bundled_pydicom_file() -> None:
     """Every file bundled with pydicom (176 files of many encodings, some broken on purpose)."""
     paths = [Path(f) for f in get_testdata_files() if os.path.isfile(f)]
@@ -538,7 +568,7 @@ def synthetic_variants(folder: Path) -> dict[str, tuple[Path, bool]]:
     # A long private element, and undefined-length sequences, before the pixels.
     long_private = write_slice(folder / "long_private.dcm", ramp(12, 10), geom((0, 0, 0)), 9, "Sagittal T1")
     out["long_private"] = (with_element(long_private, 0x00291010, "OB", b"\x01" * 40000), True)
-    many = write_slice(folder / "many_private.dcm", ramp(12, 10), geom((0, 0, 0)), 9)  # walked, not hopped over
+    many = write_slice(folder / "many_private.dcm", ramp(12, 10), geom((0, 0, 0)), 9)  # parsed one by one
     for i in range(40):
         with_element(many, 0x00291000 + i, "LO", f"private {i}")
     out["many_private"] = (many, True)

@@ -50,7 +50,7 @@ from lsdc.experiment import (
 from lsdc.folds import folds_csv
 from lsdc.inference import FOLD_PREDICTIONS_CSV
 from lsdc.labeled_test import fold_frames_of, labeled_test_markdown
-from lsdc.localized_oof import SCORES_CSV, cost_markdown
+from lsdc.localized_oof import SCORES_CSV, cost_markdown, read_cost_table
 from lsdc.pipeline import PipelineConfig, run_pipeline
 from lsdc.train.config import PAPER_RECIPE
 
@@ -137,7 +137,7 @@ def recipe_table(out: Path, data_dir: Path, submission: Path, names: list[str], 
     row_ids = pd.read_csv(submission).row_id.tolist()
     for variant, base, changed in recipe_pairs(out, names):
         row = {"variant": variant, "base": base, "changed": changed}
-        for where, csv in (("annotated", OOF_CSV), ("localised", LOCALIZED_OOF_CSV)):
+        for where, csv in (("annotated", OOF_CSV), ("localized", LOCALIZED_OOF_CSV)):
             if not ((out / variant / csv).is_file() and (out / base / csv).is_file()):
                 continue
             frames = {m: pd.read_csv(out / m / csv) for m in (base, variant)}
@@ -172,7 +172,7 @@ def recipe_lines(table: pd.DataFrame) -> list[str]:
              "diff [95% CI] | test: base -> variant, diff [95% CI] |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         cells = []
-        for where in ("annotated", "localised", "test"):
+        for where in ("annotated", "localized", "test"):
             if f"{where}_diff" in r and pd.notna(r[f"{where}_diff"]):
                 cells.append(f"{r[f'{where}_base']:.4f} -> {r[f'{where}_variant']:.4f}, "
                              + bootstrap.format_interval(r[f"{where}_diff"], r[f"{where}_lo"], r[f"{where}_hi"], 4,
@@ -293,12 +293,12 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
     names = list(spec.oof_scores)
     labels = pd.read_csv(args.data_dir / schema.TRAIN_CSV)
     annotated = pd.read_csv(out / "oof_table.csv")
-    localised = pd.read_csv(out / "oof_localized_table.csv")
+    localized = pd.read_csv(out / "oof_localized_table.csv")
     test_scores = result["test_scores"]
     opt = optimism(out, names, labels)
     fa = fold_average_table(out, args.data_dir, Path(result["submission"]), names)
     med_a, max_a = power(annotated)
-    med_l, max_l = power(localised)
+    med_l, max_l = power(localized)
     annotated_spec = load_ensemble(out / "ensemble_annotated.json") if (out / "ensemble_annotated.json").is_file() \
         else None
     lines = [
@@ -327,10 +327,10 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
         "Each training study placed by the localiser fold that did not see it, classified by the model fold that "
         "did not see it, against the same model at the annotated points.",
         "",
-        cost_markdown(pd.read_csv(out / SCORES_CSV)),
+        cost_markdown(read_cost_table(out / SCORES_CSV)),
         "## OOF at held-out localiser points (what test rows see; the ensemble is chosen on it)",
         "",
-        summary_markdown(localised),
+        summary_markdown(localized),
         "## What was shipped",
         "",
         f"- {spec.shipped}.",

@@ -11,7 +11,7 @@ the clock starts (page cache warm: the figures are reading and computing, not th
 
 - crops: ``lsdc.crops.prepare`` at the annotated points (PNGs, index, crop array), CropConfig of the
   ensemble's first experiment, 2 worker processes;
-- localise: ``Localizer.locate`` on every study (series read, every view's detector run);
+- localize: ``Localizer.locate`` on every study (series read, every view's detector run);
 - predict: ``lsdc.inference.predict_submission``, the whole ensemble of ``--weights-dir`` (localiser, crops
   per model, every fold of every model, blend), as ``05_predict.py`` runs it.
 
@@ -55,7 +55,7 @@ from lsdc.models.profile import count_macs_of, matmul_peak_flops
 from lsdc.synthetic import SyntheticConfig, generate
 from untrained import untrained_weights
 
-STAGES = ("crops", "localise", "predict")
+STAGES = ("crops", "localize", "predict")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FULL = ("attention", "densenet201", "resnet101")
 FLAT = 1.25   # largest size's s/study at most this times the smallest's: "flat"
@@ -114,7 +114,7 @@ def measure(stage: str, data: Path, weights: Path, work: Path, threads: int, dev
         crop_cfg = load_experiment_config(next(iter(folders.values()))).crops
         base, t0 = _peak_mib(), time.perf_counter()
         prepare(data, work, crop_cfg, show_progress=False)
-    elif stage == "localise":
+    elif stage == "localize":
         localizer = Localizer.load(localizer_folder(weights, cfg.localizer), resolve_device(device))
         series = load_series_descriptions(data, "test")
         base, t0 = _peak_mib(), time.perf_counter()
@@ -140,7 +140,7 @@ def bound(data: Path, weights: Path, work: Path, threads: int,
     loc_macs, _ = count_macs_of(lambda: [localizer.locate(load_study_series(d, rows)) for d, rows in studies])
     all_macs, _ = count_macs_of(lambda: predict_submission(data, weights, work / "submission.csv", cfg,
                                                            show_progress=False))
-    return {"localise": loc_macs / n, "predict": all_macs / n, "peak_flops": matmul_peak_flops()}
+    return {"localize": loc_macs / n, "predict": all_macs / n, "peak_flops": matmul_peak_flops()}
 
 
 def bound_lines(b: dict[str, float], results: dict[str, dict[int, dict[str, float]]], n: int, size: int,
@@ -148,9 +148,9 @@ def bound_lines(b: dict[str, float], results: dict[str, dict[int, dict[str, floa
     """The bound's lines: multiply-adds per study, the peak, and measured over bound for each stage timed."""
     lines = [f"- Bound (multiply-adds counted on the first {n} studies; float32 matrix-product peak "
              f"{b['peak_flops'] / 1e9:.1f} GFLOP/s at {threads} threads, this CPU, this run): localiser "
-             f"{b['localise'] / 1e9:.2f} GMAC/study, whole prediction {b['predict'] / 1e9:.2f} GMAC/study "
-             f"(the ensemble's share {(b['predict'] - b['localise']) / 1e9:.2f})"]
-    for stage in ("localise", "predict"):
+             f"{b['localize'] / 1e9:.2f} GMAC/study, whole prediction {b['predict'] / 1e9:.2f} GMAC/study "
+             f"(the ensemble's share {(b['predict'] - b['localize']) / 1e9:.2f})"]
+    for stage in ("localize", "predict"):
         if stage in results and size in results[stage]:
             floor = 2 * b[stage] / b["peak_flops"]
             measured = results[stage][size]["s_per_study"]

@@ -18,7 +18,7 @@ from lsdc import cli
 from lsdc.ensemble import summary_markdown
 from lsdc.inference import REPORT_CSV, provenance_markdown
 from lsdc.labeled_test import labeled_test_markdown
-from lsdc.localized_oof import cost_markdown
+from lsdc.localized_oof import cost_markdown, read_cost_table
 from lsdc.pipeline import PipelineConfig, run_pipeline
 
 
@@ -29,14 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "run_pipeline.log", args.log_level)
     result = run_pipeline(cfg, args.data_dir, args.output_dir)
-    localised = result["oof_table"] != result["annotated_table"]
+    localized = result["oof_table"] != result["annotated_table"]
     print("Scores are the official weighted log loss (lower is better) with 95% intervals from a paired "
           "bootstrap over studies; 'vs best' is each row's difference to the best row on the same resamples.")
-    if localised:
+    if localized:
         print("\nOOF from crops at annotated points:")
         print(summary_markdown(pd.read_csv(result["annotated_table"])))
         print("What localisation costs each model (held-out localiser points against annotated points):")
-        print(cost_markdown(pd.read_csv(result["localisation_cost"])))
+        print(cost_markdown(read_cost_table(result["localization_cost"])))
         print("OOF from crops at held-out localiser points (what test rows see; the ensemble is chosen on it):")
     print(summary_markdown(pd.read_csv(result["oof_table"])))
     print(f"(with per-condition accuracy, F1 and AUC: {result['oof_table_md']})")

@@ -60,7 +60,7 @@ def test_stack_maps_pixels_to_heatmap_cells_and_back():
     assert stack.lateral(np.array([-10.0, 0.0, 0.0]))[0] == pytest.approx(10.0 + (-40.0 + 79.5 * 0.5))
 
 
-def test_localisation_on_held_out_studies(smoke_localizer):
+def test_localization_on_held_out_studies(smoke_localizer):
     """Each view's detector, held out: the points lie close to the annotated ones, on the annotated
     slice most of the time, and every annotated cell is placed."""
     m = smoke_localizer["metrics"]

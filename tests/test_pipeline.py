@@ -89,7 +89,7 @@ def test_rerun_on_finished_outputs_does_nothing_and_same_submission(first_run, m
     assert result["spec"] == first_run["result"]["spec"]
 
 
-def test_interrupted_localiser_resumes_from_finished_folds(first_run, tmp_path, monkeypatch):
+def test_interrupted_localizer_resumes_from_finished_folds(first_run, tmp_path, monkeypatch):
     out = tmp_path / "outputs"
     out.mkdir()
     shutil.copy2(first_run["out"] / "folds_2.csv", out)

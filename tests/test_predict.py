@@ -44,7 +44,7 @@ from lsdc.inference import (
     read_report,
 )
 from lsdc.localize import NO_SERIES, SERIES_UNREADABLE
-from lsdc.localized_oof import localized_oof
+from lsdc.localized_oof import cost_markdown, localized_oof, read_cost_table
 from lsdc.metric import score, solution_from_labels, validate_submission
 from lsdc.pack import pack
 
@@ -90,7 +90,7 @@ def test_submission_beats_the_prior_on_the_test_labels(smoke_run, submission):
     assert ours < base - 0.1, (ours, base)
 
 
-def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, submission, tmp_path):
+def test_localized_oof_scores_held_out_localization(smoke_run, smoke_localizer, submission, tmp_path):
     """Localised OOF: the annotated column is the experiment's own OOF score on the same studies, the
     localised one comes from held-out localiser points and still beats the class prior clearly; both with
     intervals around them, and the cost of localisation is their paired difference."""
@@ -108,11 +108,11 @@ def test_localized_oof_scores_held_out_localisation(smoke_run, smoke_localizer, 
     assert row.annotated_score == pytest.approx(score(solution, oof)["score"], abs=1e-9)
     own = pd.read_csv(smoke_run["out"] / name / "oof_localized.csv")  # what 04_ensemble can fit on
     assert len(own) == 25 * labels.study_id.nunique()
-    assert row.localised_score == pytest.approx(score(solution, own)["score"], abs=1e-9)
+    assert row.localized_score == pytest.approx(score(solution, own)["score"], abs=1e-9)
     prior = fill_with_prior(own.row_id.tolist(), None, prior_probabilities(load_train_labels(smoke_run["data"])))
-    assert row.localised_score < score(solution, prior)["score"] - 0.1, row
-    assert row.cost == pytest.approx(row.localised_score - row.annotated_score, abs=1e-12)
-    for kind in ("localised", "annotated"):
+    assert row.localized_score < score(solution, prior)["score"] - 0.1, row
+    assert row.cost == pytest.approx(row.localized_score - row.annotated_score, abs=1e-12)
+    for kind in ("localized", "annotated"):
         assert row[f"{kind}_lo"] < row[f"{kind}_score"] < row[f"{kind}_hi"]
     assert row.cost_lo <= row.cost <= row.cost_hi
     assert pd.read_csv(tmp_path / "localized_oof_scores.csv").model.tolist() == [name]
@@ -264,6 +264,17 @@ def test_the_report_says_where_every_row_came_from(smoke_run, submission):
     assert report.source.unique().tolist() == [f"{smoke_run['cfg'].experiment}[0,1]"]
     assert (report.reason == "").all() and (report.detail == "").all()
     assert report.group.value_counts().to_dict() == {"foraminal": 60, "subarticular": 60, "spinal": 30}
+
+
+def test_an_older_localization_cost_table_reads_with_today_s_columns(tmp_path):
+    """Output folders written when the columns were spelled ``localised_*`` still print their cost table."""
+    old = tmp_path / "localized_oof_scores.csv"
+    old.write_text("model,localised_score,localised_lo,localised_hi,annotated_score,annotated_lo,annotated_hi,cost,"
+                   "cost_lo,cost_hi\nm,0.5,0.4,0.6,0.45,0.35,0.55,0.05,0.01,0.09\n")
+    table = read_cost_table(old)
+    assert list(table.columns[:4]) == ["model", "localized_score", "localized_lo", "localized_hi"]
+    assert "| m | 0.5000 [0.4000, 0.6000] | 0.4500 [0.3500, 0.5500] | +0.0500 [+0.0100, +0.0900] |" in \
+        cost_markdown(table)
 
 
 def test_an_older_report_is_read_as_rows(tmp_path):

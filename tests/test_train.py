@@ -222,7 +222,7 @@ def test_prior_is_the_best_constant_under_the_metric():
     assert loss(prior["spinal"]) < loss(np.array([5, 2, 2]) / 9) - 0.05
 
 
-def test_training_on_crops_at_localised_points(smoke_run, smoke_localizer):
+def test_training_on_crops_at_localized_points(smoke_run, smoke_localizer):
     """train.crops_from=both: the crops at the localiser's held-out points are cut (its oof_points.csv)
     and trained on beside the annotated ones; validation and the OOF stay on annotated crops."""
     cfg = dataclasses.replace(smoke_run["cfg"], tag="both")

@@ -104,7 +104,7 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     if out_path is not None and is_current(out_path, inputs) and all(
             (weights_dir / n / LOCALIZED_OOF_CSV).is_file() for n in names):
         log.info("%s is up to date (same localiser, models and settings)", out_path)
-        return pd.read_csv(out_path)
+        return read_cost_table(out_path)
     device = resolve_device(cfg.device)
     points = read_csv_checked(loc_dir / OOF_POINTS_CSV, POINT_COLUMNS, "retrain the localiser with this version")
     models = {n: load_experiment_models(weights_dir / n, device) for n in names}
@@ -135,36 +135,36 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
     row_ids = [r for sid in studies for r in schema.study_row_ids(int(sid))]
     labels = load_train_labels(data_dir)
     solution = solution_from_labels(labels[labels.study_id.isin(studies)])
-    localised, annotated = {}, {}
+    localized, annotated = {}, {}
     for n in names:
         rows = [r for fold_rows in per_fold.get(n, {}).values() for r in fold_rows]
         frame = pd.DataFrame(rows, columns=list(schema.SUBMISSION_COLUMNS))
-        localised[n] = fill_out_of_fold(row_ids, frame, labels, folds)
-        write_csv(localised[n], weights_dir / n / LOCALIZED_OOF_CSV)
+        localized[n] = fill_out_of_fold(row_ids, frame, labels, folds)
+        write_csv(localized[n], weights_dir / n / LOCALIZED_OOF_CSV)
         annotated[n] = read_csv_checked(weights_dir / n / OOF_CSV, schema.SUBMISSION_COLUMNS)
-    table = localisation_cost(solution, localised, annotated)
+    table = localization_cost(solution, localized, annotated)
     if out_path is not None:
         write_csv(table, out_path)
         write_stamp(out_path, inputs)
     return table
 
 
-def localisation_cost(solution: pd.DataFrame, localised: dict[str, pd.DataFrame],
+def localization_cost(solution: pd.DataFrame, localized: dict[str, pd.DataFrame],
                       annotated: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per model: the score at localised and at annotated points with their intervals, and the paired
     difference localised minus annotated (what the localiser costs the model) with its interval, all on
     the same resampled studies."""
-    frames = {**{("localised", n): f for n, f in localised.items()},
+    frames = {**{("localized", n): f for n, f in localized.items()},
               **{("annotated", n): f for n, f in annotated.items()}}
     keys = list(frames)
     names = {k: f"{k[0]}|{k[1]}" for k in keys}
     table = bootstrap.score_table(solution, {names[k]: frames[k] for k in keys}).set_index("model")
-    costs = {n: bootstrap.score_table(solution, {"l": localised[n], "a": annotated[n]}, reference="a")
-             .set_index("model").loc["l"] for n in localised}
+    costs = {n: bootstrap.score_table(solution, {"l": localized[n], "a": annotated[n]}, reference="a")
+             .set_index("model").loc["l"] for n in localized}
     rows = []
-    for n in localised:
+    for n in localized:
         row: dict[str, Any] = {"model": n}
-        for kind in ("localised", "annotated"):
+        for kind in ("localized", "annotated"):
             t = table.loc[names[(kind, n)]]
             row.update({f"{kind}_score": t.score, f"{kind}_lo": t.score_lo, f"{kind}_hi": t.score_hi})
         c = costs[n]
@@ -173,12 +173,19 @@ def localisation_cost(solution: pd.DataFrame, localised: dict[str, pd.DataFrame]
     return pd.DataFrame(rows)
 
 
+def read_cost_table(path: str | Path) -> pd.DataFrame:
+    """A written :func:`localization_cost` table; one written before the columns were spelled ``localized_*``
+    reads the same."""
+    table = pd.read_csv(path)
+    return table.rename(columns={c: c.replace("localised_", "localized_") for c in table.columns})
+
+
 def cost_markdown(table: pd.DataFrame) -> str:
-    """:func:`localisation_cost` as markdown."""
+    """:func:`localization_cost` as markdown."""
     lines = ["| model | at localised points [95% CI] | at annotated points [95% CI] | "
              "localised - annotated [95% CI] |", "|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r.model} | {bootstrap.format_interval(r.localised_score, r.localised_lo, r.localised_hi, 4)}"
+        lines.append(f"| {r.model} | {bootstrap.format_interval(r.localized_score, r.localized_lo, r.localized_hi, 4)}"
                      f" | {bootstrap.format_interval(r.annotated_score, r.annotated_lo, r.annotated_hi, 4)}"
                      f" | {bootstrap.format_interval(r.cost, r.cost_lo, r.cost_hi, 4, signed=True)} |")
     return "\n".join(lines) + "\n"

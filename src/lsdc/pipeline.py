@@ -167,5 +167,5 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
             "annotated_table": output_dir / table_names(OOF_CSV)[0],
             "submission": submission, "times": times, "figures": figures,
             "localizer_median_error_mm": loc_metrics["median_error_mm"], "localizer_metrics": loc_metrics,
-            "spec": spec, "table": table, "localisation_cost": output_dir / SCORES_CSV if localized else None,
+            "spec": spec, "table": table, "localization_cost": output_dir / SCORES_CSV if localized else None,
             "test_scores": test_scores, "provenance": provenance}

@@ -18,7 +18,7 @@
 DATA_DIR = "/kaggle/input/rsna-2024-lumbar-spine-degenerative-classification"   # the competition data
 WEIGHTS_DIR = ""            # the pack from scripts/pack_kaggle.py; "": the attached dataset holding its manifest.json
 OUT_DIR = "/kaggle/working"  # submission.csv, predict_report.csv and the log are written here
-SETTINGS: list[str] = []    # prediction settings as 05_predict.py's --set, e.g. ["tta=true", "batch_size=32"]
+SETTINGS: list[str] = []    # prediction settings as 05_predict.py's --set, e.g. ["tta=[vflip,lrflip]", "batch_size=32"]
 
 # %% [markdown]
 # # RSNA 2024 Lumbar Spine: offline inference with the `lsdc` pack

@@ -21,10 +21,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with localizer/, the experiments and ensemble.json (default: --output-dir)")
     parser.add_argument("--submission", type=Path, default=Path("submission/submission.csv"),
                         help="where to write the submission CSV")
-    parser.add_argument("--tta", action="store_true", help="average with vertically flipped crops")
+    parser.add_argument("--tta", nargs="*", metavar="VIEW", default=None,
+                        help="average with these test-time views (lsdc.tta: vflip, lrflip); alone: vflip, as "
+                             "before views had names (same as --set tta=[vflip])")
     args = parser.parse_args(argv)
-    if args.tta:
-        args.overrides.append("tta=true")
+    if args.tta is not None:
+        args.overrides.append(f"tta=[{','.join(args.tta or ['vflip'])}]")
     cfg = cli.load_config(PredictConfig, args)
     cli.hold_outputs(args.output_dir)   # one run per output folder
     log = cli.setup_logging(args.output_dir / "logs" / "05_predict.log", args.log_level)

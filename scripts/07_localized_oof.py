@@ -3,11 +3,11 @@
 
 Each training study is placed by the localiser fold that did not see it (oof_points.csv, written by
 03_train_localizer.py), cropped like a test study, and classified by each experiment's model of the same
-fold (with flips when --set tta=true, as prediction would). Prints, per model, the official score from
-localised points next to the usual OOF from annotated points, each with its 95% interval, and their paired
-difference; writes <experiment>/oof_localized.csv (04_ensemble.py --set oof_file=oof_localized.csv fits on
-them) and <output-dir>/localized_oof_scores.csv. Models: --set experiments=[a,b] (default: every experiment
-with all its folds trained).
+fold (with the test-time views of --set tta=[vflip,lrflip], as prediction would). Prints, per model, the
+official score from localised points next to the usual OOF from annotated points, each with its 95% interval,
+and their paired difference; writes <experiment>/oof_localized.csv (04_ensemble.py --set
+oof_file=oof_localized.csv fits on them) and <output-dir>/localized_oof_scores.csv. Models: --set
+experiments=[a,b] (default: every experiment with all its folds trained).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_half_pack_classifies_every_crop_within_tolerance(smoke_run, packs):
         out = {}
         for study in sorted({s for s, _, _ in batch}):
             cells = {(c, lv): crop for (s, c, lv), crop in batch.items() if s == study}
-            per_fold = classify(models, cells, torch.device("cpu"), False, 64)
+            per_fold = classify(models, cells, torch.device("cpu"), [], 64)
             out.update({schema.row_id(study, c, lv): np.mean([f[(c, lv)] for f in per_fold.values()], axis=0)
                         for (c, lv) in cells})
         probs[key] = out

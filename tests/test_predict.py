@@ -210,7 +210,7 @@ def test_out_of_fold_predictions_are_what_inference_gives(smoke_run):
         held_out = models.only_fold(fold)
         for r in val.itertuples(index=False):
             crop = load_crop(crops_dir / r.path, smoke_run["cfg"].crops.n_slices)
-            probs = classify(held_out, {(r.condition, r.level): crop}, torch.device("cpu"), False, 8)
+            probs = classify(held_out, {(r.condition, r.level): crop}, torch.device("cpu"), [], 8)
             assert list(probs) == [fold]
             np.testing.assert_allclose(probs[fold][(r.condition, r.level)], [r.normal_mild, r.moderate, r.severe],
                                        atol=2e-6)

@@ -94,7 +94,7 @@ def test_training_batches_and_prediction_mirror_alike():
     models = ExperimentModels("m", cfg, [FoldModel(0, model, mean, std)])
     levels = [schema.LEVELS[i % 2] for i in range(10)]
     got = classify(models, {(c, lv): crops[i] for i, (c, lv) in enumerate(zip(conditions, levels, strict=True))},
-                   torch.device("cpu"), False, 4)[0]
+                   torch.device("cpu"), [], 4)[0]
     np.testing.assert_allclose(np.array([got[(c, lv)] for c, lv in zip(conditions, levels, strict=True)]),
                                mirrored, atol=1e-6)
     right = np.array([schema.CONDITION_INFO[c].side == "right" for c in conditions])

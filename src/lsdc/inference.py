@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,6 @@ from lsdc.experiment import (
     load_experiment_models,
     load_prior,
     resolve_device,
-    select_logits,
     to_input,
 )
 from lsdc.io import write_csv
@@ -61,6 +61,7 @@ from lsdc.metric import validate_submission
 from lsdc.progress import progress
 from lsdc.sides import mirror_sides
 from lsdc.stamps import file_state, is_current, tree_state, write_stamp
+from lsdc.tta import VIEWS, predict_views, stamp_value, view_names
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class PredictConfig:
     ensemble: str = SPEC_JSON             # blend spec from 04_ensemble.py; missing: the experiments equally
     experiments: list[str] = field(default_factory=list)   # only these (default: the ensemble's models, or
     #                                                        the only trained experiment there)
-    tta: bool = False                     # average with vertically flipped crops
+    # Test-time views averaged with the crops as they are (lsdc.tta.VIEWS: vflip, lrflip), e.g. [vflip, lrflip];
+    # an old config's true/false reads as [vflip]/[].
+    tta: list[str] | bool = field(default_factory=list)
     # How each experiment's fold models are combined before the blend (lsdc.ensemble.FOLD_AVERAGES):
     # "logits", the normalised geometric mean of the folds, then the spec's temperatures, scored best on the
     # quality bench's test studies for every model (benchmarks/QUALITY.md); "tempered" averages the folds
@@ -109,6 +112,9 @@ class PredictConfig:
     # rows (spinal, foraminal, subarticular) come from the prior, something is systematically wrong (e.g. no
     # Axial T2 ever placed) and prediction stops with an error naming it.
     max_failed_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.tta = view_names(self.tta)
 
 
 def trained_experiments(weights_dir: Path) -> list[str]:
@@ -209,11 +215,12 @@ def experiment_folders(weights_dir: Path, models: dict[str, ExperimentModels]) -
 
 
 @torch.no_grad()
-def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: bool, batch_size: int
+def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: Sequence[str], batch_size: int
              ) -> dict[int, dict[tuple[str, str], np.ndarray]]:
-    """Per fold model, the softmax of each crop's own condition (mean over the flips with ``tta``):
-    fold -> (condition, level) -> (3,). The folds are combined later, with the ensemble's temperatures
-    (:func:`lsdc.ensemble.blend_folds`).
+    """Per fold model, the softmax of each crop's own condition, averaged over the crop and the test-time
+    views named in ``tta`` that apply to it (:func:`lsdc.tta.predict_views`; prediction and the localised OOF
+    both come here): fold -> (condition, level) -> (3,). The folds are combined later, with the ensemble's
+    temperatures (:func:`lsdc.ensemble.blend_folds`).
 
     Each fold model sees the crops standardised with the statistics it was trained with. A non-finite
     probability is NonFiniteOutput naming the experiment and fold: a diverged model must not pass as absent.
@@ -224,17 +231,11 @@ def classify(models: ExperimentModels, crops: Crops, device: torch.device, tta: 
     stacked, cond_np = np.stack([crops[k] for k in keys]), np.array([COND_INDEX[c] for c, _ in keys])
     if models.cfg.train.side_agnostic:   # as it was trained: right foramina and recesses mirrored onto the left
         stacked, cond_np = mirror_sides(stacked, cond_np)
-    cond = torch.from_numpy(cond_np)
+    views = [VIEWS[n] for n in view_names(tta)]
     out = {}
     for fm in models.folds:
-        x = to_input(stacked, fm.mean, fm.std)
-        views = [x, torch.flip(x, dims=[2])] if tta else [x]
-        total = torch.zeros(len(keys), 3)
-        for v in views:
-            for s in range(0, len(keys), batch_size):
-                logits = fm.model(v[s:s + batch_size].to(device)).float().cpu()
-                total[s:s + batch_size] += torch.softmax(select_logits(logits, cond[s:s + batch_size], 3), 1)
-        total /= len(views)
+        total = predict_views(fm.model, to_input(stacked, fm.mean, fm.std), cond_np, views,
+                              models.cfg.train.side_agnostic, device, batch_size)
         bad = ~torch.isfinite(total).all(1)
         if bool(bad.any()):
             raise NonFiniteOutput(
@@ -538,7 +539,7 @@ def weights_state(weights_dir: Path, loc_dir: Path, cfg: PredictConfig) -> dict[
 
 def prediction_inputs(data_dir: Path, weights_dir: Path, loc_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
     """What a submission is made from: the settings, the weights and the test data."""
-    return {"config": dataclasses.asdict(cfg), "report": REPORT_FORMAT,
+    return {"config": {**dataclasses.asdict(cfg), "tta": stamp_value(cfg.tta)}, "report": REPORT_FORMAT,
             "weights": weights_state(weights_dir, loc_dir, cfg),
             "series": file_state(data_dir / schema.TEST_SERIES_CSV),
             "sample": file_state(data_dir / schema.SAMPLE_SUBMISSION_CSV),

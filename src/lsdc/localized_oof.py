@@ -2,9 +2,9 @@
 
 The localiser's held-out requests (``oof_points.csv``: each training study placed by the fold model that
 did not see it) are cropped like test studies and classified by each experiment's model of the same
-fold, with the test-time flips when prediction uses them (``tta``). Needs the localiser and the experiments
-on the same folds. Cells without a crop get the prior of the other folds' labels; a named experiment with a
-fold untrained, or a model giving NaN, is an error (the OOF would quietly hold prior rows).
+fold, with the test-time views prediction uses (``tta``, :mod:`lsdc.tta`). Needs the localiser and the
+experiments on the same folds. Cells without a crop get the prior of the other folds' labels; a named experiment
+with a fold untrained, or a model giving NaN, is an error (the OOF would quietly hold prior rows).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from lsdc.localize import OOF_POINTS_CSV
 from lsdc.metric import solution_from_labels
 from lsdc.progress import progress
 from lsdc.stamps import file_state, is_current, tree_state, write_stamp
+from lsdc.tta import stamp_value
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def localized_oof(data_dir: str | Path, weights_dir: str | Path, cfg: PredictCon
         if not (folder / OOF_CSV).is_file():
             raise DataError(f"experiment {n}: {folder / OOF_CSV} not found: finish its training with "
                             "scripts/02_train.py (it writes the OOF once every fold is trained)")
-    inputs = {"config": {k: getattr(cfg, k) for k in MADE_FROM},
+    inputs = {"config": {**{k: getattr(cfg, k) for k in MADE_FROM}, "tta": stamp_value(cfg.tta)},
               "localizer": [file_state(f) for f in sorted(loc_dir.glob("*")) if f.is_file()],
               "experiments": {n: experiment_state(weights_dir / n) for n in names},
               "points": file_state(loc_dir / OOF_POINTS_CSV), "labels": file_state(data_dir / schema.TRAIN_CSV),

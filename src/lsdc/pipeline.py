@@ -130,7 +130,8 @@ def run_pipeline(cfg: PipelineConfig, data_dir: str | Path, output_dir: str | Pa
                     "fitted on the annotated OOF", loc.folds.n_folds)
         localized = False
     if not localized and pcfg.tta:
-        log.warning("predict.tta=true but the ensemble is fitted on the annotated OOF, which has no flips")
+        log.warning("predict.tta=%s but the ensemble is fitted on the annotated OOF, which has no test-time views",
+                    pcfg.tta)
     # Fitted on the annotated OOF: the ensemble itself, or (when fitted on the localised OOF) the ensemble of
     # the annotated OOF table, for comparison.
     annotated_spec = ANNOTATED_SPEC_JSON if localized else pcfg.ensemble

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from lsdc import cli
-from lsdc.report.runs import draw_run_figures
+from lsdc.run_figures import draw_run_figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Pictures of every run (lsdc.report.runs): the training curves of an experiment and the OOF chart are PNGs
+"""Pictures of every run (lsdc.run_figures): the training curves of an experiment and the OOF chart are PNGs
 of the expected size and not blank, drawn with or without the per-epoch score (older epochs files lack it),
 kept when their inputs have not changed and redrawn when they have. On hand-written run files, no training."""
 
@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from lsdc import run_figures as runs
 from lsdc.ensemble import ENSEMBLE, NESTED
-from lsdc.report import runs
-from lsdc.report.figures import DPI
+from lsdc.plotting import DPI
 
 MODELS = ("attention_x", "densenet201_x")
 

@@ -31,7 +31,7 @@ from lsdc.io import write_csv
 from lsdc.labeled_test import read_labeled_test
 from lsdc.localize import LocalizerExperiment, train_localizer
 from lsdc.localized_oof import SCORES_CSV, localized_oof
-from lsdc.report.runs import draw_run_figures
+from lsdc.run_figures import draw_run_figures
 from lsdc.synthetic import SyntheticConfig, generate
 from lsdc.train import train_experiment, train_on_devices
 

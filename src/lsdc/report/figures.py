@@ -12,13 +12,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-from lsdc.io import atomic_path
 from lsdc.paper import CLASS_NAMES, THRESHOLD
+from lsdc.plotting import save_figure
 from lsdc.report.cases import CaseResult
 from lsdc.report.experiments import PaperExperiment, conditions_of, display_names
 from lsdc.report.tables import ALL
 
-DPI = 100
 CONFUSION_CELL_IN = (2.6, 2.4)    # width, height of one confusion matrix
 ROC_CELL_IN = (4.4, 4.0)
 ROC_COLS = 3
@@ -27,12 +26,6 @@ BAR_SIZE_IN = (11.0, 4.5)
 OVERLAY_ALPHA = 0.45
 SLOT_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
                          [70, 240, 240], [245, 130, 48], [240, 50, 230]], np.float32) / 255.0
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI)
-    return path
 
 
 def _short(cond: str) -> str:
@@ -64,7 +57,7 @@ def plot_confusion(exps: Sequence[PaperExperiment], path: Path) -> Path:
                 ax.set_ylabel("true", fontsize=8)
             if i == nrows - 1:
                 ax.set_xlabel("predicted", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(exps: Sequence[PaperExperiment], path: Path) -> Path:
@@ -92,7 +85,7 @@ def plot_roc(exps: Sequence[PaperExperiment], path: Path) -> Path:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric_bars(table2: pd.DataFrame, path: Path) -> Path:
@@ -117,7 +110,7 @@ def plot_metric_bars(table2: pd.DataFrame, path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (severe = positive)")
     ax.legend(fontsize=8, ncols=min(len(table2), 3))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 
@@ -184,5 +177,5 @@ def plot_cases(exp_label: str, condition: str, results: Sequence[CaseResult], pa
                     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.ndim == 2 else 1)
                 if kind != "crop":
                     ax.set_title(kind, fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 

@@ -30,7 +30,7 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
 from lsdc.ensemble import CHOSEN, ENSEMBLE, TERMS, table_names
 from lsdc.experiment import EPOCHS_CSV, LOCALIZED_OOF_CSV, METRICS_JSON, OOF_CSV
-from lsdc.report.figures import _save
+from lsdc.plotting import save_figure
 from lsdc.stamps import file_state, is_current, write_stamp
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def plot_curves(exp_dir: str | Path, path: str | Path | None = None) -> Path | N
     oof = _score_of(metrics, "oof_score")
     note = "" if scores else "\n(no val_score in epochs.csv: the score per epoch was not recorded)"
     fig.suptitle(f"{exp_dir.name}" + (f": OOF score {oof:.4f}" if oof is not None else "") + note, fontsize=11)
-    return _save(fig, Path(path) if path else exp_dir / CURVES_PNG)
+    return save_figure(fig, Path(path) if path else exp_dir / CURVES_PNG)
 
 
 # ----------------------------------------------------------------------------- the OOF comparison chart
@@ -212,7 +212,7 @@ def plot_oof_chart(output_dir: str | Path, path: str | Path | None = None) -> Pa
                frameon=False)
     fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better; bars on the "
                  "score: 95% interval, bootstrap over studies; (chosen): what an ensemble step chose)", fontsize=11)
-    return _save(fig, Path(path) if path else output_dir / OOF_CHART_PNG)
+    return save_figure(fig, Path(path) if path else output_dir / OOF_CHART_PNG)
 
 
 # ----------------------------------------------------------------------------- every run of an output folder

@@ -520,3 +520,19 @@ def test_version_3_matches_the_real_files_figures():
     assert f["empty"]["spinal"] < 0.002 and 0.001 < f["empty"]["foraminal"] < 0.005
     assert 0.018 < f["empty"]["subarticular"] < 0.034 and f["one_sided"] < 0.1 * f["paired"]
     assert 0.07 < f["studies_empty"] < 0.12
+
+
+def test_a_disk_too_small_for_the_dataset_stops_generation_early_saying_so(tmp_path, monkeypatch):
+    """Real-sized studies take about 20 MB each: once a few are written, generation measures what the rest
+    need against the free disk and stops with the figures instead of filling the disk."""
+    import lsdc.synthetic.dataset as dataset
+
+    free = {"bytes": 10 * 2**20}
+    monkeypatch.setattr(dataset.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free["bytes"]}))
+    cfg = SyntheticConfig(train_studies=5, test_studies=1, seed=1, workers=1)
+    with pytest.raises(DataError, match=r"the other 2 synthetic studies need about \d+\.\d GiB \(\d+ MiB per study\) "
+                                        r"and 0\.0 GiB are free"):
+        generate(tmp_path / "d", cfg, show_progress=False)
+    assert len(list((tmp_path / "d" / schema.TRAIN_IMAGES).iterdir())) == dataset.DISK_PROBE
+    free["bytes"] = 2**40
+    assert generate(tmp_path / "d", cfg, show_progress=False)["complete"]   # room: the folder is regenerated

@@ -3,9 +3,11 @@ CSVs written from them; a folder holding data this generator did not write is re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from lsdc.synthetic.config import GENERATOR_VERSION, MARKER, SyntheticConfig
 from lsdc.synthetic.study import StudyResult, generate_study
 
 log = logging.getLogger(__name__)
+DISK_PROBE = 4   # studies written before the disk the rest will need is measured against what is free
 
 
 def _check_target(out: Path) -> None:
@@ -87,11 +90,16 @@ def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) 
 
     results: list[StudyResult] = []
     if cfg.workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=cfg.workers)
+        try:
             it = pool.map(generate_study, tasks, chunksize=1)
-            results = list(progress(it, "synthetic studies", len(tasks), enabled=show_progress))
+            results = list(progress(watch_disk(it, out, len(tasks)), "synthetic studies", len(tasks),
+                                    enabled=show_progress))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)   # on an error, no study is started after it
     else:
-        results = list(progress(map(generate_study, tasks), "synthetic studies", len(tasks), enabled=show_progress))
+        results = list(progress(watch_disk(map(generate_study, tasks), out, len(tasks)), "synthetic studies",
+                                len(tasks), enabled=show_progress))
 
     train = [r for r, t in zip(results, tasks) if not t[2]]
     test = [r for r, t in zip(results, tasks) if t[2]]
@@ -99,6 +107,29 @@ def generate(out: str | Path, cfg: SyntheticConfig, show_progress: bool = True) 
     info = {"params": params, "complete": True, "train_studies": len(train), "test_studies": len(test)}
     write_text(marker, json.dumps(info, indent=2))
     return info
+
+
+def watch_disk(results: Iterator[StudyResult], out: Path, total: int) -> Iterator[StudyResult]:
+    """Pass the studies through; once ``DISK_PROBE`` are written, stop with a clear error if the rest would
+    not fit on the disk (real-sized studies take about 20 MB each), and turn a full disk into one."""
+    done = 0
+    try:
+        for r in results:
+            done += 1
+            if done == DISK_PROBE and total > done:
+                written = sum(f.stat().st_size for d in (schema.TRAIN_IMAGES, schema.TEST_IMAGES)
+                              for f in (out / d).rglob("*") if f.is_file())
+                need, free = written / done * (total - done), shutil.disk_usage(out).free
+                if need > free:
+                    raise DataError(f"{out}: the other {total - done} synthetic studies need about "
+                                    f"{need / 2**30:.1f} GiB ({written / done / 2**20:.0f} MiB per study) and "
+                                    f"{free / 2**30:.1f} GiB are free: free disk space or generate fewer studies")
+            yield r
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC and "No space left" not in str(exc):
+            raise
+        raise DataError(f"{out}: the disk is full after {done} of {total} synthetic studies ({exc}); free disk "
+                        "space or generate fewer studies, then run again (the folder is regenerated)") from exc
 
 
 def _write_tables(out: Path, train: list[StudyResult], test: list[StudyResult]) -> None:

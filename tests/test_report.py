@@ -38,6 +38,7 @@ from lsdc.experiment import (
 from lsdc.explain import explain, grad_cam, target_layer
 from lsdc.models import AttentionConfig, ModelConfig, create_model
 from lsdc.paper import PAPER_CLASSES
+from lsdc.plotting import DPI
 from lsdc.report import SYNTHETIC_DISCLAIMER, build_report, markdown_table
 from lsdc.report import figures as fig
 from lsdc.report.tables import ALL
@@ -238,7 +239,7 @@ def test_figures_are_png_of_expected_size_and_not_blank(outputs):
         path = r.figures[key]
         img = cv2.imread(str(path))
         assert img is not None, path
-        assert img.shape[:2] == (round(h_in * fig.DPI), round(w_in * fig.DPI)), key
+        assert img.shape[:2] == (round(h_in * DPI), round(w_in * DPI)), key
         assert img.std() > 10, f"{key} looks blank"
         assert f"]({path.name})" in text
     for name in ("table2_models", "table3_conditions", "table4_ablations", "misclassified", "cases"):

@@ -30,7 +30,11 @@ from lsdc import bootstrap, cli, metric, schema
 from lsdc import config as config_mod
 from lsdc.ensemble import (
     FOLD_AVERAGES,
+    SPEC_JSON,
+    EnsembleFit,
+    EnsembleSpec,
     blend_folds,
+    ensemble_oof_name,
     fit_blend,
     fit_ensemble,
     load_ensemble,
@@ -184,10 +188,11 @@ def recipe_lines(table: pd.DataFrame) -> list[str]:
 
 
 def recipe_ensembles(out: Path, data_dir: Path, submission: Path, names: list[str], labels: pd.DataFrame,
-                     rule: str) -> tuple[pd.DataFrame, dict[str, str]]:
+                     rule: str, shipped: EnsembleSpec | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """The ensemble chosen (nested, on the localised OOF) from today's recipe's models against the one chosen
     from the other recipes' models and the one chosen from all: each judged on rows its fit did not see, and
-    each on the held-out test studies, paired against today's. Returns the table and what each shipped."""
+    each on the held-out test studies, paired against today's. Returns the table and what each shipped.
+    ``shipped``: the pipeline's own ensemble, chosen on the localised OOF from all the models (not fitted again)."""
     today = paper_recipe_models(out, names)
     pools = {"today's recipe": today, "new recipes": [n for n in names if n not in today], "all models": names}
     pools = {k: v for k, v in pools.items() if v and all((out / n / LOCALIZED_OOF_CSV).is_file() for n in v)}
@@ -196,7 +201,9 @@ def recipe_ensembles(out: Path, data_dir: Path, submission: Path, names: list[st
     f = pd.read_csv(out / folds_csv(load_experiment_config(out / names[0]).folds.n_folds))
     folds = dict(zip(f.study_id.astype(int), f.fold.astype(int)))
     fits = {k: fit_ensemble({n: read_oof(out / n / LOCALIZED_OOF_CSV) for n in v}, labels, folds=folds)
-            for k, v in pools.items()}
+            for k, v in pools.items() if not (k == "all models" and shipped is not None)}
+    if shipped is not None and "all models" in pools:   # the pipeline already chose it from all of them
+        fits["all models"] = EnsembleFit(shipped, read_oof(out / ensemble_oof_name(SPEC_JSON)), shipped.fitted)
     studies = set.intersection(*({schema.parse_row_id(r)[0] for r in fit.oof.row_id} for fit in fits.values()))
     solution = metric.solution_from_labels(labels[labels.study_id.isin(studies)])
     oof = bootstrap.score_table(solution, {k: fit.oof for k, fit in fits.items()}, reference="today's recipe")
@@ -345,7 +352,8 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, result: dict, runs: li
                           f"{' taken' if s['accepted'] else ''}" for s in spec.selection), ""]
     lines += recipe_lines(recipe_table(out, args.data_dir, Path(result["submission"]), names, labels))
     lines += recipe_ensemble_lines(*recipe_ensembles(out, args.data_dir, Path(result["submission"]), names, labels,
-                                                     cfg.predict.fold_average))
+                                                     cfg.predict.fold_average,
+                                                     spec if cfg.ensemble_on == "localized" else None))
     lines += ["## The held-out test studies", "",
               f"{cfg.synthetic.test_studies} test studies the pipeline localised and predicted without coordinates, "
               "scored against `test_solution.csv`; differences to the shipped submission, paired.", "",

@@ -47,9 +47,6 @@ TERM_TITLES = {"score": "official score", "spinal": "spinal", "foraminal": "fora
 OOF_SOURCES = (("annotated points", OOF_CSV, "#9ecae1"), ("held-out localiser points", LOCALIZED_OOF_CSV, "#08519c"))
 
 
-# ----------------------------------------------------------------------------- training curves
-
-
 def read_epochs(exp_dir: str | Path) -> dict[int, pd.DataFrame]:
     """fold -> its epochs.csv (folds without one are left out)."""
     out = {}
@@ -154,9 +151,6 @@ def plot_curves(exp_dir: str | Path, path: str | Path | None = None) -> Path | N
     return save_figure(fig, Path(path) if path else exp_dir / CURVES_PNG)
 
 
-# ----------------------------------------------------------------------------- the OOF comparison chart
-
-
 def read_oof_tables(output_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Label -> comparison table, for the tables the ensemble step wrote (annotated, localised)."""
     out = {}
@@ -213,9 +207,6 @@ def plot_oof_chart(output_dir: str | Path, path: str | Path | None = None) -> Pa
     fig.suptitle("out-of-fold official score per model and group (weighted log loss, lower is better; bars on the "
                  "score: 95% interval, bootstrap over studies; (chosen): what an ensemble step chose)", fontsize=11)
     return save_figure(fig, Path(path) if path else output_dir / OOF_CHART_PNG)
-
-
-# ----------------------------------------------------------------------------- every run of an output folder
 
 
 def experiment_dirs(output_dir: str | Path) -> list[Path]:

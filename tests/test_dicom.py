@@ -33,7 +33,9 @@ from pydicom.uid import (
 )
 
 import lsdc
-import lsdc.dicom.reader as reader
+import lsdc.dicom.fast_header as fast_header
+import lsdc.dicom.pixels as pixels_mod
+import lsdc.dicom.pydicom_header as pydicom_header
 import lsdc.dicom.series as series_module
 from lsdc.dicom import (
     Series,
@@ -343,7 +345,7 @@ def test_header_read_does_not_read_pixels(tmp_path: Path, monkeypatch: pytest.Mo
     path = write_slice(tmp_path / "1.dcm", pixels, geom((0, 0, 0), rows=2048, cols=2048), 1)
     read_header(write_slice(tmp_path / "2.dcm", ramp(12, 10), geom((0, 0, 0)), 2))  # warm-up
     monkeypatch.setattr(pydicom, "dcmread", no_decoding)
-    monkeypatch.setattr(reader, "pixel_array", no_decoding)
+    monkeypatch.setattr(pixels_mod, "pixel_array", no_decoding)
     monkeypatch.setattr(np, "fromfile", no_decoding)
     before = bytes_read_by_process()
     header = read_header(path)
@@ -366,7 +368,7 @@ def test_pydicom_header_path_does_not_load_pixels(tmp_path: Path, monkeypatch: p
         return ds
 
     monkeypatch.setattr(pydicom, "dcmread", spy)
-    monkeypatch.setattr(reader, "pixel_array", no_decoding)
+    monkeypatch.setattr(pixels_mod, "pixel_array", no_decoding)
     series = load_series(folder)
     assert len(series) == 3 and len(calls) == 3
     assert all(c["stop_before_pixels"] and not c["has_pixels"] for c in calls)
@@ -380,10 +382,10 @@ def test_pydicom_header_path_does_not_load_pixels(tmp_path: Path, monkeypatch: p
 def assert_same_as_pydicom(path: Path) -> SliceHeader:
     """The dicomsdl path reads the file, equal to the pydicom header and to read_header; read_slice equals
     read_pixels bit for bit."""
-    fast = reader._dicomsdl_header(path)
+    fast = fast_header.dicomsdl_header(path)
     assert fast is not None, "the dicomsdl path declined the file"
     assert fast.layout is not None
-    assert fast == reader._pydicom_header(path) == read_header(path)
+    assert fast == pydicom_header.pydicom_header(path) == read_header(path)
     assert_same_pixels(fast)
     return fast
 
@@ -412,7 +414,7 @@ def sweep(paths: list[Path]) -> tuple[int, list[str]]:
     equals read_pixels bit for bit."""
     fast, differences = 0, []
     for path in paths:
-        got, expected = header_or_error(read_header, path), header_or_error(reader._pydicom_header, path)
+        got, expected = header_or_error(read_header, path), header_or_error(pydicom_header.pydicom_header, path)
         if not same(got, expected):
             differences.append(f"{path.name}: read_header {got!r}, pydicom {expected!r}")
             continue
@@ -463,8 +465,8 @@ def test_dicomsdl_path_skips_sequences_and_long_headers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_dicomsdl_path_finds_pixels_past_its_first_read(tmp_path: Path, syntax: str) -> None:
     """A private element after the last value read, long enough that the pixel data element's header lies
-    across, or just past, the end of the first bytes read after it (reader._AHEAD): same header and pixels."""
-    for length in range(reader._AHEAD - 26, reader._AHEAD + 2, 2):
+    across, or just past, the end of the first bytes read after it (fast_header.AHEAD): same header and pixels."""
+    for length in range(fast_header.AHEAD - 26, fast_header.AHEAD + 2, 2):
         path = write_slice(tmp_path / f"{length}.dcm", ramp(12, 10), geom((0, 0, 0)), 9, transfer_syntax=syntax)
         assert_same_as_pydicom(with_element(path, 0x00291010, "OB", b"\x01" * length))
 
@@ -594,7 +596,7 @@ def synthetic_variants(folder: Path) -> dict[str, tuple[Path, bool]]:
 def test_sweep_synthetic_variants(tmp_path: Path) -> None:
     variants = synthetic_variants(tmp_path)
     for name, (path, fast) in variants.items():
-        assert isinstance(header_or_error(reader._dicomsdl_header, path), SliceHeader) == fast, name
+        assert isinstance(header_or_error(fast_header.dicomsdl_header, path), SliceHeader) == fast, name
     fast, differences = sweep([path for path, _ in variants.values()])
     assert differences == []
     assert fast == sum(f for _, f in variants.values()) >= 30
@@ -621,7 +623,7 @@ def test_headers_without_dicomsdl_come_from_pydicom(generated_studies: Path, mon
     with the same values, and the pixels from pydicom's decoder, with the same values."""
     paths = sorted(generated_studies.glob("train_images/*/*/*.dcm"))[:10]
     fast = [read_header(p) for p in paths]
-    monkeypatch.setattr(reader, "dicomsdl", None)
+    monkeypatch.setattr(fast_header, "dicomsdl", None)
     slow = [read_header(p) for p in paths]
     assert slow == fast and all(h.layout is None for h in slow) and all(h.layout is not None for h in fast)
     for a, b in zip(fast, slow):
@@ -639,8 +641,8 @@ def test_dicomsdl_path_on_bundled_files(name: str, fast: bool) -> None:
     if fast:
         assert_same_as_pydicom(path)
     else:
-        assert reader._dicomsdl_header(path) is None
-        assert header_or_error(read_header, path) == header_or_error(reader._pydicom_header, path)
+        assert fast_header.dicomsdl_header(path) is None
+        assert header_or_error(read_header, path) == header_or_error(pydicom_header.pydicom_header, path)
 
 
 def replace_text(path: Path, tag: int, vr: str, value: bytes) -> None:
@@ -684,8 +686,8 @@ def test_non_ascii_series_description(tmp_path: Path, charset: str | None, encod
         with_element(path, 0x00080005, "CS", charset)
     replace_text(path, 0x0008103E, "LO", text.encode(encoding) + b" " * (len(text.encode(encoding)) % 2))
     header = read_header(path)
-    assert header == reader._pydicom_header(path) and header.series_description == text
-    assert (reader._dicomsdl_header(path) is not None) == fast
+    assert header == pydicom_header.pydicom_header(path) and header.series_description == text
+    assert (fast_header.dicomsdl_header(path) is not None) == fast
 
 
 def test_truncated_pixels_rejected_in_a_separate_process(tmp_path: Path) -> None:
@@ -719,9 +721,9 @@ def test_truncated_file_rejected_by_both_paths(tmp_path: Path) -> None:
     assert header.layout is not None
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match=r"4\.dcm.*truncated") as fast:
-        reader._dicomsdl_header(path)
+        fast_header.dicomsdl_header(path)
     with pytest.raises(DataError) as slow:
-        reader._pydicom_header(path)
+        pydicom_header.pydicom_header(path)
     assert str(fast.value) == str(slow.value)
     with pytest.raises(DataError, match=r"4\.dcm.*truncated"):
         read_header(path)

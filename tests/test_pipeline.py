@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lsdc.crops
+import lsdc.crops.training_set
 import lsdc.ensemble.step
 import lsdc.inference
 import lsdc.localize.train
@@ -45,7 +45,7 @@ class Calls:
         self.experiments: list[str] = []
         for module, name in ((lsdc.train.run, "train_fold"), (lsdc.localize.train, "fit_view"),
                              (lsdc.ensemble.step, "fit_ensemble"), (lsdc.inference, "classify"),
-                             (lsdc.localized_oof, "classify"), (lsdc.crops, "training_requests")):
+                             (lsdc.localized_oof, "classify"), (lsdc.crops.training_set, "training_requests")):
             monkeypatch.setattr(module, name, self._wrap(f"{module.__name__}.{name}", getattr(module, name), forbid))
 
     def _wrap(self, key, fn, forbid):
@@ -125,7 +125,7 @@ def test_another_experiment_list_redoes_only_what_it_needs(first_run, tmp_path, 
     run_pipeline(_pipeline(root, [StepRef("tiny.yaml"), StepRef("tiny48.yaml")]), first_run["data"], out, root)
     assert set(calls.experiments) == {"attention_tiny48"}          # the first experiment was not retrained
     assert calls["lsdc.localize.train.fit_view"] == 0                    # nor the localiser
-    assert calls["lsdc.crops.training_requests"] == 1              # crops cut for the new size only
+    assert calls["lsdc.crops.training_set.training_requests"] == 1              # crops cut for the new size only
     assert calls["lsdc.ensemble.step.fit_ensemble"] == 2                # annotated and localised fits redone
     assert calls["lsdc.localized_oof.classify"] > 0 and calls["lsdc.inference.classify"] > 0
     spec = load_ensemble(out / SPEC_JSON)

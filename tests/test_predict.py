@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-import lsdc.crops
+import lsdc.crops.study
 import lsdc.inference
 import lsdc.localized_oof
 from lsdc import schema
@@ -160,7 +160,7 @@ def test_broken_studies_still_get_all_rows(smoke_run, smoke_localizer, submissio
             raise DataError("injected: a neighbour slice cannot be decoded")
         return real_crop(series, index, x, y, size_mm, cfg, window)
 
-    monkeypatch.setattr(lsdc.crops, "crop_roi", spinal_crops_fail)
+    monkeypatch.setattr(lsdc.crops.study, "crop_roi", spinal_crops_fail)
     caplog.set_level(logging.WARNING)
     sub = predict_submission(data, smoke_run["out"], tmp_path / "s.csv",
                              PredictConfig(localizer=smoke_localizer["name"]), show_progress=False)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdc.dicom.reader import SliceHeader, read_header, read_slice
+from lsdc.dicom.header import SliceHeader
+from lsdc.dicom.pixels import read_slice
+from lsdc.dicom.reader import read_header
 from lsdc.errors import DataError
 from lsdc.geometry import SliceGeometry, nearest_slice, pixel_to_patient
 
